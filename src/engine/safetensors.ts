@@ -1,0 +1,130 @@
+/**
+ * safetensors: 8-byte little-endian header length, JSON header {name: {dtype, shape,
+ * data_offsets}}, raw little-endian data. Reading accepts F32, F16 and BF16 (returned as
+ * float32), F64, I64, I32 and BOOL; writing emits F32, F64, I64, I32 and BOOL with the header
+ * padded to 8 bytes and tensors ordered by item size (largest first) then name, so every
+ * tensor is aligned to its own item size.
+ */
+import * as fs from 'node:fs';
+import { writeFileAtomic } from '../util/atomic.js';
+import { DType, HostTensor, halfToFloat, numel } from './host.js';
+
+export interface SafetensorsFile {
+  tensors: Map<string, HostTensor>;
+  metadata: Record<string, string>;
+}
+
+const ITEM: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I64: 8, I32: 4, BOOL: 1, U8: 1 };
+
+export class SafetensorsError extends Error {}
+
+export function readSafetensors(file: string): SafetensorsFile {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch (e) {
+    throw new SafetensorsError(`${file}: cannot read safetensors file (${(e as Error).message})`);
+  }
+  return parseSafetensors(buf, file);
+}
+
+export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): SafetensorsFile {
+  if (buf.length < 8) throw new SafetensorsError(`${file}: truncated safetensors file (${buf.length} bytes, no header length)`);
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  const hlen = Number(dv.getBigUint64(0, true));
+  if (hlen > buf.length - 8) throw new SafetensorsError(`${file}: truncated safetensors file (header says ${hlen} bytes, file has ${buf.length - 8})`);
+  let header: Record<string, unknown>;
+  try {
+    header = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, hlen).toString('utf8'));
+  } catch (e) {
+    throw new SafetensorsError(`${file}: bad safetensors header: ${(e as Error).message}`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) throw new SafetensorsError(`${file}: bad safetensors header: not a JSON object`);
+  const dataStart = 8 + hlen;
+  const dataLen = buf.length - dataStart;
+  const tensors = new Map<string, HostTensor>();
+  let metadata: Record<string, string> = {};
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      metadata = (info ?? {}) as Record<string, string>;
+      continue;
+    }
+    const { dtype, shape, data_offsets } = info as { dtype: string; shape: number[]; data_offsets: [number, number] };
+    if (!(dtype in ITEM)) throw new SafetensorsError(`${file}: tensor '${name}' has unsupported dtype '${dtype}' (expected F32, F16, BF16, F64, I64, I32 or BOOL)`);
+    if (!Array.isArray(shape) || !Array.isArray(data_offsets)) throw new SafetensorsError(`${file}: tensor '${name}' lacks shape or data_offsets`);
+    const [b, e] = data_offsets;
+    const n = numel(shape);
+    if (e - b !== n * ITEM[dtype]) throw new SafetensorsError(`${file}: tensor '${name}' [${shape}] ${dtype} needs ${n * ITEM[dtype]} bytes, offsets give ${e - b}`);
+    if (e > dataLen || b < 0) throw new SafetensorsError(`${file}: truncated safetensors file: tensor '${name}' ends at ${e}, data has ${dataLen} bytes`);
+    const bytes = buf.subarray(dataStart + b, dataStart + e);
+    tensors.set(name, decode(dtype, shape, bytes));
+  }
+  return { tensors, metadata };
+}
+
+function decode(dtype: string, shape: number[], bytes: Uint8Array): HostTensor {
+  const copy = new Uint8Array(bytes); // aligned private copy
+  const n = numel(shape);
+  switch (dtype) {
+    case 'F32':
+      return { dtype: 'float32', shape, data: new Float32Array(copy.buffer, 0, n) };
+    case 'F64':
+      return { dtype: 'float64', shape, data: new Float64Array(copy.buffer, 0, n) };
+    case 'I64':
+      return { dtype: 'int64', shape, data: new BigInt64Array(copy.buffer, 0, n) };
+    case 'I32':
+      return { dtype: 'int32', shape, data: new Int32Array(copy.buffer, 0, n) };
+    case 'BOOL':
+    case 'U8':
+      return { dtype: 'bool', shape, data: copy };
+    case 'F16': {
+      const u16 = new Uint16Array(copy.buffer, 0, n);
+      const out = new Float32Array(n);
+      for (let i = 0; i < n; i++) out[i] = halfToFloat(u16[i]);
+      return { dtype: 'float32', shape, data: out };
+    }
+    case 'BF16': {
+      const u16 = new Uint16Array(copy.buffer, 0, n);
+      const u32 = new Uint32Array(n);
+      for (let i = 0; i < n; i++) u32[i] = u16[i] << 16;
+      return { dtype: 'float32', shape, data: new Float32Array(u32.buffer) };
+    }
+  }
+  throw new SafetensorsError(`unsupported dtype ${dtype}`);
+}
+
+const CODE: Record<DType, string> = { float32: 'F32', float64: 'F64', int32: 'I32', int64: 'I64', bool: 'BOOL' };
+
+export function serializeSafetensors(tensors: Map<string, HostTensor> | Record<string, HostTensor>, metadata?: Record<string, string>): Uint8Array {
+  const entries = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).map(([name, t]) => {
+    if (t.data.length !== numel(t.shape)) throw new SafetensorsError(`tensor '${name}': ${t.data.length} elements but shape [${t.shape}]`);
+    return { name, t, item: ITEM[CODE[t.dtype]] };
+  });
+  entries.sort((a, b) => b.item - a.item || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const header: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
+  let off = 0;
+  for (const { name, t, item } of entries) {
+    const len = t.data.length * item;
+    header[name] = { dtype: CODE[t.dtype], shape: t.shape, data_offsets: [off, off + len] };
+    off += len;
+  }
+  let hjson = JSON.stringify(header);
+  const pad = (8 - (Buffer.byteLength(hjson) % 8)) % 8;
+  hjson += ' '.repeat(pad);
+  const hbytes = Buffer.from(hjson, 'utf8');
+  const out = new Uint8Array(8 + hbytes.length + off);
+  new DataView(out.buffer).setBigUint64(0, BigInt(hbytes.length), true);
+  out.set(hbytes, 8);
+  let pos = 8 + hbytes.length;
+  for (const { t } of entries) {
+    const src = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+    out.set(src, pos);
+    pos += src.length;
+  }
+  return out;
+}
+
+export function writeSafetensors(file: string, tensors: Map<string, HostTensor> | Record<string, HostTensor>, metadata?: Record<string, string>): void {
+  writeFileAtomic(file, serializeSafetensors(tensors, metadata));
+}
