@@ -1,0 +1,89 @@
+/**
+ * The traced graph: every tensor is a node produced by one op from its inputs. Building a
+ * model runs ordinary TypeScript that calls the ops in `ops.ts`; nothing is computed until the
+ * graph is emitted as ONNX and run (see `onnx.ts`, `runtime.ts`).
+ */
+import { Dim, dimSymbols, fmtShape } from './dims.js';
+import type { DType } from './host.js';
+
+export type Attrs = Record<string, unknown>;
+
+export type InputRole = 'data' | 'param' | 'dropout';
+
+export class Tensor {
+  constructor(
+    readonly graph: Graph,
+    readonly id: number,
+    readonly op: string,
+    readonly inputs: readonly Tensor[],
+    readonly attrs: Attrs,
+    readonly shape: readonly Dim[],
+    readonly dtype: DType,
+  ) {}
+
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  /** Graph-input name (only for op 'input'). */
+  get inputName(): string | undefined {
+    return this.op === 'input' ? (this.attrs.name as string) : undefined;
+  }
+
+  toString(): string {
+    return `${this.op}#${this.id}${fmtShape(this.shape)}:${this.dtype}`;
+  }
+}
+
+export class ShapeError extends Error {}
+
+export class Graph {
+  readonly nodes: Tensor[] = [];
+  readonly inputs = new Map<string, Tensor>();
+  /** symbol -> where its value can be read at run time (graph input name, axis). */
+  readonly dimSources = new Map<string, { input: string; axis: number }>();
+  /** Dropout sites: mask input name -> keep probability (the runtime fills the masks). */
+  readonly dropoutSites = new Map<string, { keep: number }>();
+  private dropoutCount = 0;
+
+  constructor(readonly name = 'graph') {}
+
+  add(op: string, inputs: readonly Tensor[], attrs: Attrs, shape: readonly Dim[], dtype: DType): Tensor {
+    for (const t of inputs) if (t.graph !== this) throw new Error(`op ${op}: input ${t} belongs to another graph`);
+    const t = new Tensor(this, this.nodes.length, op, inputs, attrs, shape, dtype);
+    this.nodes.push(t);
+    return t;
+  }
+
+  /** Declare a graph input. String dims become symbols bound to this input's axes. */
+  input(name: string, dtype: DType, shape: readonly Dim[], role: InputRole = 'data'): Tensor {
+    if (this.inputs.has(name)) throw new Error(`graph '${this.name}': input '${name}' declared twice`);
+    const t = this.add('input', [], { name, role }, shape, dtype);
+    this.inputs.set(name, t);
+    shape.forEach((d, axis) => {
+      if (typeof d === 'string' && dimSymbols(d).length === 1 && dimSymbols(d)[0] === d && !this.dimSources.has(d)) {
+        this.dimSources.set(d, { input: name, axis });
+      }
+    });
+    return t;
+  }
+
+  param(name: string, shape: readonly number[]): Tensor {
+    return this.inputs.get(name) ?? this.input(name, 'float32', shape, 'param');
+  }
+
+  /** A fresh float mask input for dropout, shaped like `like`; the runtime feeds 0/1 values. */
+  dropoutMask(like: Tensor, keep: number): Tensor {
+    const name = `dropout_mask_${this.dropoutCount++}`;
+    this.dropoutSites.set(name, { keep });
+    return this.input(name, like.dtype, like.shape, 'dropout');
+  }
+
+  inputsByRole(role: InputRole): Tensor[] {
+    return [...this.inputs.values()].filter((t) => t.attrs.role === role);
+  }
+}
+
+export function shapeError(op: string, msg: string, ...shapes: Array<readonly Dim[]>): never {
+  throw new ShapeError(`${op}: ${msg} (shapes ${shapes.map(fmtShape).join(' and ')})`);
+}

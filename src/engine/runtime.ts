@@ -1,0 +1,144 @@
+/**
+ * Running emitted graphs with onnxruntime-node on the CPU. Sessions are created once per graph
+ * signature (a hash of the ONNX bytes and the thread count) and reused for every batch and
+ * sequence size. Dropout masks are drawn here, from (seed, step, site), so a resumed run
+ * reproduces them exactly.
+ */
+import { createHash } from 'node:crypto';
+import * as os from 'node:os';
+import * as ort from 'onnxruntime-node';
+import { Rng } from '../util/rng.js';
+import { evalDim } from './dims.js';
+import type { Graph, Tensor } from './graph.js';
+import { DType, HostTensor, numel } from './host.js';
+import { EmitOptions, EmittedModel, emitOnnx } from './onnx.js';
+
+export interface RuntimeOptions {
+  /** Intra-op threads; default: all cores. */
+  threads?: number;
+}
+
+let defaultThreads = Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
+
+export function setDefaultThreads(n: number): void {
+  if (!(n >= 1)) throw new Error(`threads must be >= 1, got ${n}`);
+  defaultThreads = Math.floor(n);
+}
+
+const sessionCache = new Map<string, Promise<ort.InferenceSession>>();
+/** How many sessions have been created (tests use this to prove reuse). */
+export const sessionStats = { created: 0 };
+
+export interface DropoutSeed {
+  seed: number;
+  step: number;
+}
+
+export class Program {
+  readonly signature: string;
+  private sessionPromise: Promise<ort.InferenceSession> | null = null;
+
+  constructor(
+    readonly model: EmittedModel,
+    private readonly dropoutSites: Map<string, { keep: number }>,
+    private readonly threads: number,
+  ) {
+    this.signature = createHash('sha256').update(model.bytes).update(`threads=${threads}`).digest('hex');
+  }
+
+  private session(): Promise<ort.InferenceSession> {
+    if (!this.sessionPromise) {
+      let p = sessionCache.get(this.signature);
+      if (!p) {
+        sessionStats.created++;
+        p = ort.InferenceSession.create(this.model.bytes, {
+          intraOpNumThreads: this.threads,
+          interOpNumThreads: 1,
+          executionMode: 'sequential',
+          graphOptimizationLevel: 'all',
+        });
+        sessionCache.set(this.signature, p);
+      }
+      this.sessionPromise = p;
+    }
+    return this.sessionPromise;
+  }
+
+  /** Run with the given feeds (by input name). Dropout masks are generated when `dropout` is given. */
+  async run(feeds: ReadonlyMap<string, HostTensor> | Record<string, HostTensor>, dropout?: DropoutSeed): Promise<Map<string, HostTensor>> {
+    const get = (name: string) => (feeds instanceof Map ? feeds.get(name) : (feeds as Record<string, HostTensor>)[name]);
+    const ortFeeds: Record<string, ort.Tensor> = {};
+    const symbols = new Map<string, number>();
+    const masks: Array<{ name: string; shape: readonly (number | string)[] }> = [];
+    for (const inp of this.model.inputs) {
+      if (inp.role === 'dropout') {
+        masks.push(inp);
+        continue;
+      }
+      const t = get(inp.name);
+      if (!t) throw new Error(`run: missing input '${inp.name}' (expected ${inp.dtype} [${inp.shape}])`);
+      if (t.dtype !== inp.dtype) throw new Error(`run: input '${inp.name}' has dtype ${t.dtype}, expected ${inp.dtype}`);
+      if (t.shape.length !== inp.shape.length) throw new Error(`run: input '${inp.name}' has shape [${t.shape}], expected rank ${inp.shape.length} [${inp.shape}]`);
+      inp.shape.forEach((d, i) => {
+        if (typeof d === 'number') {
+          if (t.shape[i] !== d) throw new Error(`run: input '${inp.name}' has shape [${t.shape}], expected [${inp.shape}]`);
+        } else if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(d)) {
+          const prev = symbols.get(d);
+          if (prev !== undefined && prev !== t.shape[i]) throw new Error(`run: input '${inp.name}' dim ${i} is ${t.shape[i]} but '${d}' is ${prev} elsewhere`);
+          symbols.set(d, t.shape[i]);
+        }
+      });
+      ortFeeds[inp.name] = toOrt(t);
+    }
+    for (const m of masks) {
+      const shape = m.shape.map((d) => evalDim(d, symbols));
+      const site = this.dropoutSites.get(m.name);
+      if (!site) throw new Error(`run: unknown dropout site ${m.name}`);
+      ortFeeds[m.name] = toOrt({ dtype: 'float32', shape, data: dropoutMask(numel(shape), site.keep, m.name, dropout) });
+    }
+    const session = await this.session();
+    const out = await session.run(ortFeeds);
+    const result = new Map<string, HostTensor>();
+    for (const name of this.model.outputs) result.set(name, fromOrt(out[name]));
+    return result;
+  }
+}
+
+function dropoutMask(n: number, keep: number, site: string, seed?: DropoutSeed): Float32Array {
+  const out = new Float32Array(n);
+  if (!seed) throw new Error(`run: graph has dropout site ${site} but no dropout seed was given (pass {seed, step})`);
+  const rng = new Rng(seed.seed, 'dropout', seed.step, site);
+  const scale = 1 / keep;
+  const threshold = keep * 4294967296;
+  for (let i = 0; i < n; i++) out[i] = rng.nextU32() < threshold ? scale : 0;
+  return out;
+}
+
+export function compile(graph: Graph, outputs: Record<string, Tensor>, opts: RuntimeOptions & EmitOptions = {}): Program {
+  const model = emitOnnx(graph, outputs, opts);
+  return new Program(model, graph.dropoutSites, opts.threads ?? defaultThreads);
+}
+
+export function toOrt(t: HostTensor): ort.Tensor {
+  switch (t.dtype) {
+    case 'float32':
+      return new ort.Tensor('float32', t.data as Float32Array, t.shape);
+    case 'float64':
+      return new ort.Tensor('float64', t.data as Float64Array, t.shape);
+    case 'int32':
+      return new ort.Tensor('int32', t.data as Int32Array, t.shape);
+    case 'int64':
+      return new ort.Tensor('int64', t.data as BigInt64Array, t.shape);
+    case 'bool':
+      return new ort.Tensor('bool', t.data as Uint8Array, t.shape);
+  }
+}
+
+export function fromOrt(t: ort.Tensor): HostTensor {
+  const map: Record<string, DType> = { float32: 'float32', float64: 'float64', int32: 'int32', int64: 'int64', bool: 'bool' };
+  const dtype = map[t.type];
+  if (!dtype) throw new Error(`unsupported output type ${t.type}`);
+  let data = t.data as HostTensor['data'];
+  if (dtype === 'bool' && !(data instanceof Uint8Array)) data = Uint8Array.from(data as unknown as ArrayLike<number>);
+  return { dtype, shape: [...t.dims], data };
+}
