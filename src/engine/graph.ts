@@ -3,7 +3,7 @@
  * model runs ordinary TypeScript that calls the ops in `ops.ts`; nothing is computed until the
  * graph is emitted as ONNX and run (see `onnx.ts`, `runtime.ts`).
  */
-import { Dim, dimSymbols, fmtShape } from './dims.js';
+import { Dim, dimSymbols, evalDim, fmtShape, freshDim } from './dims.js';
 import type { DType } from './host.js';
 
 export type Attrs = Record<string, unknown>;
@@ -44,6 +44,8 @@ export class Graph {
   readonly dimSources = new Map<string, { input: string; axis: number }>();
   /** Dropout sites: mask input name -> keep probability (the runtime fills the masks). */
   readonly dropoutSites = new Map<string, { keep: number }>();
+  /** Symbols defined as an exact quotient of other dims (from reshape's -1). */
+  readonly derivedDims = new Map<string, { num: Dim; den: Dim }>();
   private dropoutCount = 0;
 
   constructor(readonly name = 'graph') {}
@@ -77,6 +79,26 @@ export class Graph {
     const name = `dropout_mask_${this.dropoutCount++}`;
     this.dropoutSites.set(name, { keep });
     return this.input(name, like.dtype, like.shape, 'dropout');
+  }
+
+  /** A new symbol equal to num / den at run time. */
+  derivedDim(num: Dim, den: Dim): string {
+    const sym = freshDim('q');
+    this.derivedDims.set(sym, { num, den });
+    return sym;
+  }
+
+  /** Values of every symbol given the bound ones (derived symbols resolved in order). */
+  resolveSymbols(bound: Map<string, number>): Map<string, number> {
+    const out = new Map(bound);
+    for (const [sym, { num, den }] of this.derivedDims) {
+      try {
+        out.set(sym, evalDim(num, out) / evalDim(den, out));
+      } catch {
+        // depends on symbols not bound in this run
+      }
+    }
+    return out;
   }
 
   inputsByRole(role: InputRole): Tensor[] {

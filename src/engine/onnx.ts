@@ -135,6 +135,12 @@ export function emitOnnx(graph: Graph, outputs: Record<string, Tensor>, opts: Em
   const symbolValue = (sym: string): string => {
     const hit = dimCache.get(sym);
     if (hit) return hit;
+    const derived = graph.derivedDims.get(sym);
+    if (derived) {
+      const v = emitNode('Div', [ctx.dim(derived.num), ctx.dim(derived.den)]);
+      dimCache.set(sym, v);
+      return v;
+    }
     const src = graph.dimSources.get(sym);
     if (!src) throw new Error(`emitOnnx: dimension symbol '${sym}' is not bound to any graph input`);
     usedInputs.add(src.input);

@@ -446,8 +446,7 @@ export function reshape(x: Tensor, shape: readonly Dim[]): Tensor {
   if (nInfer > 1) shapeError('reshape', 'more than one -1 in target shape', x.shape, shape);
   let out = [...shape];
   if (nInfer === 1) {
-    const inferred = dimDiv(total, dimProduct(known));
-    if (inferred === null) shapeError('reshape', 'cannot infer the -1 dimension symbolically', x.shape, shape);
+    const inferred = dimDiv(total, dimProduct(known)) ?? x.graph.derivedDim(total, dimProduct(known));
     out = shape.map((d) => (d === -1 ? inferred : d));
   } else if (typeof total === 'number' && typeof dimProduct(out) === 'number' && total !== dimProduct(out)) {
     shapeError('reshape', `element counts differ (${total} vs ${dimProduct(out)})`, x.shape, shape);

@@ -40,7 +40,7 @@ export class Program {
 
   constructor(
     readonly model: EmittedModel,
-    private readonly dropoutSites: Map<string, { keep: number }>,
+    private readonly graph: Graph,
     private readonly threads: number,
   ) {
     this.signature = createHash('sha256').update(model.bytes).update(`threads=${threads}`).digest('hex');
@@ -90,9 +90,10 @@ export class Program {
       });
       ortFeeds[inp.name] = toOrt(t);
     }
+    const allSymbols = masks.length ? this.graph.resolveSymbols(symbols) : symbols;
     for (const m of masks) {
-      const shape = m.shape.map((d) => evalDim(d, symbols));
-      const site = this.dropoutSites.get(m.name);
+      const shape = m.shape.map((d) => evalDim(d, allSymbols));
+      const site = this.graph.dropoutSites.get(m.name);
       if (!site) throw new Error(`run: unknown dropout site ${m.name}`);
       ortFeeds[m.name] = toOrt({ dtype: 'float32', shape, data: dropoutMask(numel(shape), site.keep, m.name, dropout) });
     }
@@ -116,7 +117,7 @@ function dropoutMask(n: number, keep: number, site: string, seed?: DropoutSeed):
 
 export function compile(graph: Graph, outputs: Record<string, Tensor>, opts: RuntimeOptions & EmitOptions = {}): Program {
   const model = emitOnnx(graph, outputs, opts);
-  return new Program(model, graph.dropoutSites, opts.threads ?? defaultThreads);
+  return new Program(model, graph, opts.threads ?? defaultThreads);
 }
 
 export function toOrt(t: HostTensor): ort.Tensor {

@@ -1,0 +1,54 @@
+/**
+ * Holds a model's parameters and runs task graphs on them. Compiled programs (and so ONNX
+ * Runtime sessions) are cached per task and options; batches of any size reuse them.
+ */
+import { DropoutSeed, Program, compile } from '../engine/runtime.js';
+import type { HostTensor } from '../engine/host.js';
+import type { Batch } from '../data/types.js';
+import type { UniterConfig } from './config.js';
+import { HeadName, TIES, allSpecs } from './params.js';
+import { TaskGraph, TaskName, TaskOptions, buildTaskGraph, headOf, prepareFeeds } from './tasks.js';
+
+export interface RunOptions extends TaskOptions {
+  dropout?: DropoutSeed;
+}
+
+export class UniterRunner {
+  private readonly programs = new Map<string, { program: Program; taskGraph: TaskGraph }>();
+
+  constructor(
+    readonly cfg: UniterConfig,
+    /** Parameters by primary official name (tied aliases are not stored). */
+    readonly params: Map<string, HostTensor>,
+    private readonly threads?: number,
+  ) {}
+
+  /** Check that every parameter a head needs is present with the right shape. */
+  validate(head: HeadName, opts: TaskOptions): void {
+    for (const s of allSpecs(this.cfg, head, opts)) {
+      if (TIES[s.name]) continue;
+      const t = this.params.get(s.name);
+      if (!t) throw new Error(`model parameters lack '${s.name}' (expected shape [${s.shape}]) needed by head '${head}'`);
+      if (t.shape.join() !== s.shape.join()) throw new Error(`parameter '${s.name}' has shape [${t.shape}], the config needs [${s.shape}]`);
+    }
+  }
+
+  compiled(task: TaskName, opts: TaskOptions): { program: Program; taskGraph: TaskGraph } {
+    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference]);
+    let hit = this.programs.get(key);
+    if (!hit) {
+      this.validate(headOf(task), opts);
+      const taskGraph = buildTaskGraph(this.cfg, task, opts);
+      hit = { program: compile(taskGraph.graph, taskGraph.outputs, { threads: this.threads }), taskGraph };
+      this.programs.set(key, hit);
+    }
+    return hit;
+  }
+
+  async run(task: TaskName, batch: Batch, opts: RunOptions): Promise<Map<string, HostTensor>> {
+    const { program, taskGraph } = this.compiled(task, opts);
+    const feeds = prepareFeeds(task, batch, { inference: opts.inference });
+    for (const name of taskGraph.params) feeds.set(name, this.params.get(name)!);
+    return program.run(feeds, opts.dropout);
+  }
+}

@@ -1,0 +1,405 @@
+/**
+ * UNITER, top to bottom: text and image embeddings, the compact text-then-regions sequence
+ * built with `gather_index`, the post-LN BERT encoder, the pooler, every pre-training head and
+ * loss, the downstream heads, and word-region alignment by IPOT. Functions here build traced
+ * graphs (see src/engine); `tasks.ts` compiles and runs them.
+ */
+import {
+  Dim,
+  Graph,
+  Tensor,
+  add,
+  bceWithLogits,
+  cast,
+  concat,
+  constant,
+  crossEntropy,
+  div,
+  dropout,
+  exp,
+  expand,
+  gather,
+  gatherElements,
+  gelu,
+  greater,
+  layerNorm,
+  linear,
+  log,
+  logSoftmax,
+  matmul,
+  maximum,
+  mean,
+  meanAll,
+  mul,
+  neg,
+  not,
+  or,
+  relu,
+  reshape,
+  scalar,
+  scatterAdd,
+  sigmoid,
+  slice,
+  softmax,
+  sqrt,
+  squeeze,
+  stopGradient,
+  sub,
+  sum,
+  sumAll,
+  tanh,
+  transpose,
+  transposeLast2,
+  unsqueeze,
+  where,
+} from '../engine/index.js';
+import type { UniterConfig } from './config.js';
+import { ParamSpec, TIES } from './params.js';
+
+/** Parameter lookup by official name (tied aliases resolve to their primary tensor). */
+export class Params {
+  private readonly shapes = new Map<string, number[]>();
+  readonly used = new Map<string, Tensor>();
+
+  constructor(
+    readonly graph: Graph,
+    specs: ParamSpec[],
+  ) {
+    for (const s of specs) this.shapes.set(s.name, s.shape);
+  }
+
+  get(name: string): Tensor {
+    const primary = TIES[name] ?? name;
+    const hit = this.used.get(primary);
+    if (hit) return hit;
+    const shape = this.shapes.get(primary);
+    if (!shape) throw new Error(`model: no parameter named '${primary}' in this configuration`);
+    const t = this.graph.param(primary, shape);
+    this.used.set(primary, t);
+    return t;
+  }
+
+  has(name: string): boolean {
+    return this.shapes.has(TIES[name] ?? name);
+  }
+}
+
+export interface ForwardOptions {
+  training: boolean;
+  /** Capture intermediate tensors (embeddings, each layer) for parity checks. */
+  capture?: Map<string, Tensor>;
+}
+
+/** Graph inputs of one UNITER forward pass (official batch names). */
+export interface UniterInputs {
+  input_ids: Tensor; // int64 [B, Lt]
+  position_ids: Tensor; // int64 [1, Lt]
+  img_feat: Tensor; // f32 [B, N, img_dim]
+  img_pos_feat: Tensor; // f32 [B, N, 7]
+  attn_masks: Tensor; // int64 [B, Lj]
+  gather_index: Tensor; // int64 [B, Lj]
+  img_masks?: Tensor; // bool [B, N]
+  img_type_ids?: Tensor; // int64 [B, N]
+  txt_type_ids?: Tensor; // int64 [B, Lt]
+}
+
+export function declareInputs(g: Graph, cfg: UniterConfig, opts: { imgMasks?: boolean; imgTypes?: boolean; txtTypes?: boolean } = {}): UniterInputs {
+  const inp: UniterInputs = {
+    input_ids: g.input('input_ids', 'int64', ['B', 'Lt']),
+    position_ids: g.input('position_ids', 'int64', [1, 'Lt']),
+    img_feat: g.input('img_feat', 'float32', ['B', 'N', cfg.img_dim]),
+    img_pos_feat: g.input('img_pos_feat', 'float32', ['B', 'N', 7]),
+    attn_masks: g.input('attn_masks', 'int64', ['B', 'Lj']),
+    gather_index: g.input('gather_index', 'int64', ['B', 'Lj']),
+  };
+  if (opts.imgMasks) inp.img_masks = g.input('img_masks', 'bool', ['B', 'N']);
+  if (opts.imgTypes) inp.img_type_ids = g.input('img_type_ids', 'int64', ['B', 'N']);
+  if (opts.txtTypes) inp.txt_type_ids = g.input('txt_type_ids', 'int64', ['B', 'Lt']);
+  return inp;
+}
+
+const LN_EPS = 1e-12;
+
+function ln(P: Params, prefix: string, x: Tensor): Tensor {
+  return layerNorm(x, P.get(`${prefix}.weight`), P.get(`${prefix}.bias`), LN_EPS);
+}
+
+function dense(P: Params, prefix: string, x: Tensor): Tensor {
+  return linear(x, P.get(`${prefix}.weight`), P.has(`${prefix}.bias`) ? P.get(`${prefix}.bias`) : undefined);
+}
+
+/** Embedding lookup whose padding row (id 0) gets no gradient from the lookup, as padding_idx=0. */
+function lookupWithPadding(table: Tensor, ids: Tensor): Tensor {
+  const rows = gather(table, ids);
+  const isPad = unsqueeze(greater(scalar(ids.graph, 1, 'int64'), ids), [-1]);
+  return where(isPad, stopGradient(rows), rows);
+}
+
+/** Row `row` of a [R, H] table as a [1, H] tensor (a default token type). */
+function tableRow(table: Tensor, row: number): Tensor {
+  return slice(table, 0, row, row + 1);
+}
+
+export function textEmbeddings(P: Params, cfg: UniterConfig, inp: UniterInputs, opts: ForwardOptions): Tensor {
+  const words = lookupWithPadding(P.get('uniter.embeddings.word_embeddings.weight'), inp.input_ids);
+  const pos = gather(P.get('uniter.embeddings.position_embeddings.weight'), inp.position_ids);
+  const typeTable = P.get('uniter.embeddings.token_type_embeddings.weight');
+  const types = inp.txt_type_ids ? gather(typeTable, inp.txt_type_ids) : tableRow(typeTable, 0);
+  const e = ln(P, 'uniter.embeddings.LayerNorm', add(add(words, pos), types));
+  return dropout(e, cfg.hidden_dropout_prob, opts.training);
+}
+
+export function imageEmbeddings(P: Params, cfg: UniterConfig, inp: UniterInputs, opts: ForwardOptions): Tensor {
+  let feat = inp.img_feat;
+  if (inp.img_masks) {
+    // Masked regions arrive zeroed; they become the learned [MASK] feature (row 1). Row 0 counts as zero.
+    const maskRow = tableRow(P.get('uniter.img_embeddings.mask_embedding.weight'), 1);
+    feat = add(feat, mul(unsqueeze(cast(inp.img_masks, 'float32'), [-1]), maskRow));
+  }
+  const im = ln(P, 'uniter.img_embeddings.img_layer_norm', dense(P, 'uniter.img_embeddings.img_linear', feat));
+  const pos = ln(P, 'uniter.img_embeddings.pos_layer_norm', dense(P, 'uniter.img_embeddings.pos_linear', inp.img_pos_feat));
+  const typeTable = P.get('uniter.embeddings.token_type_embeddings.weight');
+  const types = inp.img_type_ids ? gather(typeTable, inp.img_type_ids) : tableRow(typeTable, 1);
+  const e = ln(P, 'uniter.img_embeddings.LayerNorm', add(add(im, pos), types));
+  return dropout(e, cfg.hidden_dropout_prob, opts.training);
+}
+
+function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, maskAdd: Tensor, opts: ForwardOptions): Tensor {
+  const heads = cfg.num_attention_heads;
+  const dh = cfg.hidden_size / heads;
+  const [B, T] = x.shape;
+  const split = (t: Tensor) => transpose(reshape(t, [B, T, heads, dh]), [0, 2, 1, 3]);
+  const q = split(dense(P, `${prefix}.self.query`, x));
+  const k = split(dense(P, `${prefix}.self.key`, x));
+  const v = split(dense(P, `${prefix}.self.value`, x));
+  const scores = add(div(matmul(q, transposeLast2(k)), Math.sqrt(dh)), maskAdd);
+  const probs = dropout(softmax(scores, -1), cfg.attention_probs_dropout_prob, opts.training);
+  const ctx = reshape(transpose(matmul(probs, v), [0, 2, 1, 3]), [B, T, cfg.hidden_size]);
+  const out = dropout(dense(P, `${prefix}.output.dense`, ctx), cfg.hidden_dropout_prob, opts.training);
+  return ln(P, `${prefix}.output.LayerNorm`, add(out, x));
+}
+
+function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, maskAdd: Tensor, opts: ForwardOptions): Tensor {
+  const p = `uniter.encoder.layer.${l}`;
+  const a = selfAttention(P, cfg, `${p}.attention`, x, maskAdd, opts);
+  const h = gelu(dense(P, `${p}.intermediate.dense`, a));
+  const o = dropout(dense(P, `${p}.output.dense`, h), cfg.hidden_dropout_prob, opts.training);
+  return ln(P, `${p}.output.LayerNorm`, add(o, a));
+}
+
+/** The encoder input: [text, regions, padding] per row, gathered from cat(text, image) by gather_index. */
+export function joinSequence(txt: Tensor, img: Tensor, gatherIndex: Tensor, hidden: number): Tensor {
+  const both = concat([txt, img], 1);
+  const idx = expand(unsqueeze(gatherIndex, [-1]), [gatherIndex.shape[0], gatherIndex.shape[1], hidden]);
+  return gatherElements(both, idx, 1);
+}
+
+/** Additive key mask: (1 - attn_masks) * -10000, shaped [B, 1, 1, Lj]. */
+export function extendedMask(attnMasks: Tensor): Tensor {
+  const m = cast(attnMasks, 'float32');
+  return unsqueeze(mul(sub(1, m), -10000), [1, 2]);
+}
+
+/** UniterModel.forward: the last layer's output [B, Lj, H]. */
+export function uniterForward(P: Params, cfg: UniterConfig, inp: UniterInputs, opts: ForwardOptions): Tensor {
+  const txt = textEmbeddings(P, cfg, inp, opts);
+  const img = imageEmbeddings(P, cfg, inp, opts);
+  let x = joinSequence(txt, img, inp.gather_index, cfg.hidden_size);
+  opts.capture?.set('txt_emb', txt);
+  opts.capture?.set('img_emb', img);
+  opts.capture?.set('embedding_output', x);
+  const maskAdd = extendedMask(inp.attn_masks);
+  for (let l = 0; l < cfg.num_hidden_layers; l++) {
+    x = encoderLayer(P, cfg, l, x, maskAdd, opts);
+    opts.capture?.set(`encoder_layer_${l}`, x);
+  }
+  return x;
+}
+
+/** tanh(Linear(seq[:, 0])). */
+export function pooler(P: Params, seq: Tensor): Tensor {
+  const cls = squeeze(slice(seq, 1, 0, 1), [1]);
+  return tanh(dense(P, 'uniter.pooler.dense', cls));
+}
+
+/** Rows of a [B, L, H] sequence at flat positions (row * L + col) -> [n, H]. */
+export function selectPositions(seq: Tensor, flatPositions: Tensor): Tensor {
+  const flat = reshape(seq, [-1, seq.shape[2]]);
+  return gather(flat, flatPositions);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pre-training heads
+
+/** Linear -> GELU -> LayerNorm, the transform shared by the MLM, MRFR and MRC heads. */
+function transformHead(P: Params, densePrefix: string, lnPrefix: string, x: Tensor): Tensor {
+  return ln(P, lnPrefix, gelu(dense(P, densePrefix, x)));
+}
+
+/** MLM logits for the selected hidden states [n, H] -> [n, vocab] (decoder tied to word embeddings). */
+export function mlmHead(P: Params, h: Tensor): Tensor {
+  const t = transformHead(P, 'cls.predictions.transform.dense', 'cls.predictions.transform.LayerNorm', h);
+  return add(matmul(t, transposeLast2(P.get('cls.predictions.decoder.weight'))), P.get('cls.predictions.bias'));
+}
+
+/** MRFR prediction [n, img_dim]: output projection tied to img_linear.weight, used transposed. */
+export function mrfrHead(P: Params, h: Tensor): Tensor {
+  const t = transformHead(P, 'feat_regress.net.0', 'feat_regress.net.2', h);
+  return add(matmul(t, P.get('feat_regress.weight')), P.get('feat_regress.bias'));
+}
+
+export function mrcHead(P: Params, h: Tensor): Tensor {
+  const t = transformHead(P, 'region_classifier.net.0', 'region_classifier.net.2', h);
+  return dense(P, 'region_classifier.net.3', t);
+}
+
+/** KL(target || softmax(logits)) elementwise, 0 where the target is 0 (F.kl_div reduction none). */
+export function klDivElementwise(logProbs: Tensor, target: Tensor): Tensor {
+  const positive = greater(target, 0);
+  const safeT = where(positive, target, 1);
+  return where(positive, mul(target, sub(log(safeT), logProbs)), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Word-region alignment: cosine cost and IPOT (detached), as model/ot.py
+
+export interface OtResult {
+  txtEmb: Tensor;
+  imgEmb: Tensor;
+  cost: Tensor; // [B, M, N]
+  plan: Tensor; // [B, N, M]
+  distance: Tensor; // [B]
+}
+
+/** Cost 1 - cos with F.normalize(eps=1e-5), zero where either side is padding. */
+export function cosineCost(txt: Tensor, img: Tensor, jointPad: Tensor): Tensor {
+  const normed = (x: Tensor) => div(x, maximum(sqrt(sum(mul(x, x), [-1], true)), 1e-5));
+  const cos = matmul(normed(txt), transposeLast2(normed(img)));
+  return where(jointPad, 0, sub(1, cos));
+}
+
+/** The IPOT plan [B, N, M] for cost [B, M, N] (no gradient flows through it). */
+export function ipot(cost: Tensor, txtPad: Tensor, imgPad: Tensor, beta: number, iterations: number): Tensor {
+  const C = stopGradient(cost);
+  const txtPadF = cast(txtPad, 'float32'); // [B, M]
+  const imgPadF = cast(imgPad, 'float32'); // [B, N]
+  const m = sub(sizeAlong(txtPadF), sum(txtPadF, [1])); // [B]
+  const n = sub(sizeAlong(imgPadF), sum(imgPadF, [1]));
+  const jointPadT = transpose(or(unsqueeze(txtPad, [-1]), unsqueeze(imgPad, [-2])), [0, 2, 1]); // [B, N, M]
+  const keep = cast(not(jointPadT), 'float32');
+  const A = mul(exp(div(transpose(C, [0, 2, 1]), -beta)), keep);
+  let T = keep; // ones, zero at joint padding
+  let sigma = mul(div(1, unsqueeze(m, [1])), sub(1, txtPadF)); // [B, M]
+  sigma = unsqueeze(sigma, [-1]); // [B, M, 1]
+  const mB = unsqueeze(m, [1, 2]);
+  const nB = unsqueeze(n, [1, 2]);
+  const xMask = unsqueeze(mul(txtPadF, 1e4), [1]); // [B, 1, M]
+  const yMask = unsqueeze(mul(imgPadF, 1e4), [1]); // [B, 1, N]
+  for (let it = 0; it < iterations; it++) {
+    const Q = mul(A, T); // [B, N, M]
+    const delta = div(1, add(mul(nB, transpose(matmul(Q, sigma), [0, 2, 1])), yMask)); // [B, 1, N]
+    const sigmaRow = div(1, add(mul(mB, matmul(delta, Q)), xMask)); // [B, 1, M]
+    T = mul(mul(transpose(delta, [0, 2, 1]), Q), sigmaRow);
+    sigma = transpose(sigmaRow, [0, 2, 1]);
+  }
+  return stopGradient(mul(T, keep));
+}
+
+/** Size of axis 1 of a [B, K] tensor as a float scalar broadcastable against [B]. */
+function sizeAlong(x: Tensor): Tensor {
+  return sum(add(mul(x, 0), 1), [1]);
+}
+
+export function otDistance(txt: Tensor, img: Tensor, txtPad: Tensor, imgPad: Tensor, beta: number, iterations: number): Omit<OtResult, 'txtEmb' | 'imgEmb'> {
+  const jointPad = or(unsqueeze(txtPad, [-1]), unsqueeze(imgPad, [-2]));
+  const cost = cosineCost(txt, img, jointPad);
+  const plan = ipot(cost, txtPad, imgPad, beta, iterations);
+  // trace(C @ T) = sum_ij C[i, j] * T[j, i]
+  const distance = sum(mul(cost, transpose(plan, [0, 2, 1])), [1, 2]);
+  return { cost, plan, distance };
+}
+
+/** Text and image halves of the sequence for OT, exactly as the official ot_scatter scatter. */
+export function otSplit(seq: Tensor, otScatter: Tensor, Lt: Dim, N: Dim): { txt: Tensor; img: Tensor } {
+  const [B, Lj, H] = seq.shape;
+  const width = (Lt as string) + '+' + String(Lj);
+  const zeros = expand(scalar(seq.graph, 0), [B, width, H]);
+  const idx = expand(unsqueeze(otScatter, [-1]), [B, Lj, H]);
+  const ctx = scatterAdd(zeros, idx, seq, 1);
+  return { txt: slice(ctx, 1, 0, Lt), img: slice(ctx, 1, Lt, `${Lt}+${N}`) };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Downstream heads
+
+/** Linear(H, 2H) -> act -> LayerNorm(2H) -> Linear(2H, out): VQA/VE (GELU) and VCR (ReLU). */
+export function mlpHead(P: Params, prefix: string, x: Tensor, act: 'gelu' | 'relu'): Tensor {
+  const h = dense(P, `${prefix}.0`, x);
+  return dense(P, `${prefix}.3`, ln(P, `${prefix}.2`, act === 'gelu' ? gelu(h) : relu(h)));
+}
+
+/** Multi-head attention as torch.nn.MultiheadAttention (batch-first math; key padding -> -inf). */
+function multiheadAttention(P: Params, cfg: UniterConfig, prefix: string, query: Tensor, key: Tensor, keyPad: Tensor, training: boolean): Tensor {
+  const H = cfg.hidden_size;
+  const heads = cfg.num_attention_heads;
+  const dh = H / heads;
+  const W = P.get(`${prefix}.in_proj_weight`);
+  const b = P.get(`${prefix}.in_proj_bias`);
+  const proj = (x: Tensor, i: number) => linear(x, slice(W, 0, i * H, (i + 1) * H), slice(b, 0, i * H, (i + 1) * H));
+  const [n, Lq] = query.shape;
+  const Lk = key.shape[1];
+  const split = (t: Tensor, L: Dim) => transpose(reshape(t, [n, L, heads, dh]), [0, 2, 1, 3]);
+  const q = split(mul(proj(query, 0), 1 / Math.sqrt(dh)), Lq);
+  const k = split(proj(key, 1), Lk);
+  const v = split(proj(key, 2), Lk);
+  const scores = where(unsqueeze(keyPad, [1, 2]), -Infinity, matmul(q, transposeLast2(k)));
+  const probs = dropout(softmax(scores, -1), cfg.attention_probs_dropout_prob, training);
+  const ctx = reshape(transpose(matmul(probs, v), [0, 2, 1, 3]), [n, Lq, H]);
+  return dense(P, `${prefix}.out_proj`, ctx);
+}
+
+function attentionPool(P: Params, cfg: UniterConfig, x: Tensor, pad: Tensor, training: boolean): Tensor {
+  const score = add(squeeze(relu(dense(P, 'attn_pool.fc.0', x)), [-1]), mul(cast(pad, 'float32'), -1e4));
+  const w = dropout(softmax(score, 1), cfg.attention_probs_dropout_prob, training);
+  return squeeze(matmul(unsqueeze(w, [1]), x), [1]);
+}
+
+/** NLVR2 paired-attn head over the sequence outputs of the 2n rows -> [n, 2]. */
+export function nlvr2PairedAttnHead(P: Params, cfg: UniterConfig, seq: Tensor, attnMasks: Tensor, training: boolean, capture?: Map<string, Tensor>): Tensor {
+  const [, Lj, H] = seq.shape;
+  const pairs = reshape(seq, [-1, 2, Lj, H]);
+  const left = squeeze(slice(pairs, 1, 0, 1), [1]);
+  const right = squeeze(slice(pairs, 1, 1, 2), [1]);
+  const padPairs = reshape(not(greater(attnMasks, scalar(seq.graph, 0, 'int64'))), [-1, 2, Lj]);
+  const leftPad = squeeze(slice(padPairs, 1, 0, 1), [1]);
+  const rightPad = squeeze(slice(padPairs, 1, 1, 2), [1]);
+  const l2r = multiheadAttention(P, cfg, 'attn1', left, right, rightPad, training);
+  const r2l = multiheadAttention(P, cfg, 'attn2', right, left, leftPad, training);
+  const fc = (x: Tensor) => dropout(relu(dense(P, 'fc.0', x)), cfg.hidden_dropout_prob, training);
+  const leftOut = fc(concat([l2r, left], -1));
+  const rightOut = fc(concat([r2l, right], -1));
+  const lp = attentionPool(P, cfg, leftOut, leftPad, training);
+  const rp = attentionPool(P, cfg, rightOut, rightPad, training);
+  if (capture) {
+    capture.set('attn1_output', transpose(l2r, [1, 0, 2]));
+    capture.set('attn2_output', transpose(r2l, [1, 0, 2]));
+    capture.set('fc_left', transpose(leftOut, [1, 0, 2]));
+    capture.set('fc_right', transpose(rightOut, [1, 0, 2]));
+    capture.set('attn_pool_left', lp);
+    capture.set('attn_pool_right', rp);
+  }
+  return dense(P, 'nlvr2_output', concat([lp, rp], -1));
+}
+
+export const losses = {
+  crossEntropy,
+  bceWithLogits,
+  mse: (pred: Tensor, target: Tensor) => {
+    const d = sub(pred, target);
+    return mul(d, d);
+  },
+  /** Hinge on sigmoid scores: max(0, margin + sigma(neg) - sigma(pos)). */
+  rankHinge: (pos: Tensor, negs: Tensor, margin: number) => relu(add(sub(sigmoid(negs), sigmoid(pos)), margin)),
+};
+
+export { constant, logSoftmax, mean, meanAll, neg, sumAll };
