@@ -9,8 +9,11 @@ async function loadCommands(): Promise<Command[]> {
   // Each entry is imported lazily so that `uniter --help` and light commands start fast.
   const loaders: Array<() => Promise<{ command: Command }>> = [
     // COMMANDS (keep one line per command file)
+    () => import('./data.js'),
+    () => import('./world.js'),
     () => import('./convert.js'),
     () => import('./check-golden.js'),
+    () => import('./pretrain.js'),
   ];
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }

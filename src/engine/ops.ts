@@ -301,7 +301,75 @@ OPS.matmul = {
   emit: simpleBinary('MatMul'),
   grad: (t, g) => {
     const [a, b] = t.inputs;
-    return [reduceTo(matmul(g, transposeLast2(b)), a.shape), reduceTo(matmul(transposeLast2(a), g), b.shape)];
+    const ga = reduceTo(matmul(g, transposeLast2(b)), a.shape);
+    // A batched input times a 2-D matrix (x @ W): the gradient of W is one GEMM over all rows,
+    // not a batched product followed by a sum over the batch.
+    if (b.rank === 2 && a.rank > 2) return [ga, gemm(flattenLead(a), flattenLead(g), { transA: true })];
+    return [ga, reduceTo(matmul(transposeLast2(a), g), b.shape)];
+  },
+};
+
+/** [..., K] -> [prod(...), K] (ONNX Flatten; no shape arithmetic needed at run time). */
+export function flattenLead(x: Tensor): Tensor {
+  if (x.rank === 2) return x;
+  if (x.rank < 1) shapeError('flattenLead', 'needs rank >= 1', x.shape);
+  return x.graph.add('flattenLead', [x], {}, [dimProduct(x.shape.slice(0, -1)), x.shape[x.rank - 1]], x.dtype);
+}
+OPS.flattenLead = {
+  emit: (ctx, t) => ctx.node('Flatten', [ctx.input(t, 0)], { axis: A.i(Math.max(0, t.inputs[0].rank - 1)) }),
+  grad: (t, g) => [reshapeAs(g, t.inputs[0])],
+};
+
+/** Inverse of flattenLead: [N, M] -> [...like.shape[:-1], M], read from `like` at run time. */
+function restoreLead(y: Tensor, like: Tensor): Tensor {
+  if (like.rank === 2) return y;
+  return y.graph.add('restoreLead', [y, like], {}, [...like.shape.slice(0, -1), y.shape[1]], y.dtype);
+}
+OPS.restoreLead = {
+  emit: (ctx, t) => {
+    const lead = ctx.node('Shape', [ctx.input(t, 1)], { start: A.i(0), end: A.i(-1) });
+    const last = ctx.dimOfValue(ctx.input(t, 0), 1);
+    return ctx.node('Reshape', [ctx.input(t, 0), ctx.node('Concat', [lead, last], { axis: A.i(0) })]);
+  },
+  grad: (t, g) => [reshapeAs(g, t.inputs[0]), null],
+};
+
+export interface GemmOptions {
+  transA?: boolean;
+  transB?: boolean;
+}
+
+/** 2-D product op(a) @ op(b) (+ bias [n] added to every row), op = optional transpose: ONNX Gemm. */
+export function gemm(a: Tensor, b: Tensor, opts: GemmOptions = {}, bias?: Tensor): Tensor {
+  if (a.rank !== 2 || b.rank !== 2) shapeError('gemm', 'both operands need rank 2', a.shape, b.shape);
+  if (a.dtype !== b.dtype) shapeError('gemm', `dtype mismatch ${a.dtype} vs ${b.dtype}`, a.shape, b.shape);
+  const transA = opts.transA ?? false;
+  const transB = opts.transB ?? false;
+  const [m, k1] = transA ? [a.shape[1], a.shape[0]] : [a.shape[0], a.shape[1]];
+  const [k2, n] = transB ? [b.shape[1], b.shape[0]] : [b.shape[0], b.shape[1]];
+  if (dimsConflict(k1, k2)) shapeError('gemm', `inner dimensions differ (${k1} vs ${k2}; transA=${transA}, transB=${transB})`, a.shape, b.shape);
+  if (bias && (bias.rank !== 1 || dimsConflict(bias.shape[0], n) || bias.dtype !== a.dtype)) shapeError('gemm', `bias must be ${a.dtype} [${n}]`, bias.shape, [m, n]);
+  return a.graph.add('gemm', bias ? [a, b, bias] : [a, b], { transA, transB }, [m, n], a.dtype);
+}
+OPS.gemm = {
+  emit: (ctx, t) =>
+    ctx.node(
+      'Gemm',
+      t.inputs.map((_, i) => ctx.input(t, i)),
+      { transA: A.i(t.attrs.transA ? 1 : 0), transB: A.i(t.attrs.transB ? 1 : 0) },
+    ),
+  grad: (t, g) => {
+    const [a, b, bias] = t.inputs;
+    const tA = t.attrs.transA as boolean;
+    const tB = t.attrs.transB as boolean;
+    // C = op(A) op(B): each input's gradient is again one GEMM with transpose flags, no Transpose nodes.
+    let ga: Tensor;
+    let gb: Tensor;
+    if (!tA && !tB) [ga, gb] = [gemm(g, b, { transB: true }), gemm(a, g, { transA: true })];
+    else if (!tA && tB) [ga, gb] = [gemm(g, b), gemm(g, a, { transA: true })];
+    else if (tA && !tB) [ga, gb] = [gemm(b, g, { transB: true }), gemm(a, g)];
+    else [ga, gb] = [gemm(b, g, { transA: true, transB: true }), gemm(g, a, { transA: true, transB: true })];
+    return bias ? [ga, gb, sum(g, [0])] : [ga, gb];
   },
 };
 
@@ -316,8 +384,10 @@ export function transposeLast2(x: Tensor): Tensor {
 export function linear(x: Tensor, w: Tensor, b?: Tensor): Tensor {
   if (w.rank !== 2) shapeError('linear', 'weight must be [out, in]', x.shape, w.shape);
   if (dimsConflict(x.shape[x.rank - 1], w.shape[1])) shapeError('linear', `input features ${x.shape[x.rank - 1]} vs weight in-features ${w.shape[1]}`, x.shape, w.shape);
-  const y = matmul(x, transpose(w, [1, 0]));
-  return b ? add(y, b) : y;
+  if (b && (b.rank !== 1 || dimsConflict(b.shape[0], w.shape[0]))) shapeError('linear', `bias must be [${w.shape[0]}]`, w.shape, b.shape);
+  // One GEMM over all leading positions: forward and both weight gradients stay single 2-D
+  // products (no weight Transpose, no batched product summed over the batch).
+  return restoreLead(gemm(flattenLead(x), w, { transB: true }, b), x);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -668,7 +738,9 @@ export function oneHot(indices: Tensor, depth: number, dtype: DType = 'float32')
 
 /** Exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))). */
 export function gelu(x: Tensor): Tensor {
-  return mul(mul(x, 0.5), add(erf(mul(x, Math.SQRT1_2)), 1));
+  // Written as Div(x, sqrt 2) -> Erf -> Add 1 -> Mul with Mul(x, 0.5): the exact form ONNX
+  // Runtime's GeluFusion recognises, so inference graphs run one fused Gelu kernel.
+  return mul(mul(x, 0.5), add(erf(div(x, Math.SQRT2)), 1));
 }
 
 /** Inverted dropout with a mask the runtime draws from (seed, step); identity when not training. */

@@ -49,10 +49,15 @@ export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): Safetensor
       metadata = (info ?? {}) as Record<string, string>;
       continue;
     }
-    const { dtype, shape, data_offsets } = info as { dtype: string; shape: number[]; data_offsets: [number, number] };
+    if (typeof info !== 'object' || info === null || Array.isArray(info)) throw new SafetensorsError(`${file}: tensor '${name}': header entry is not an object`);
+    const { dtype, shape, data_offsets } = info as { dtype: string; shape: unknown; data_offsets: unknown };
     if (!(dtype in ITEM)) throw new SafetensorsError(`${file}: tensor '${name}' has unsupported dtype '${dtype}' (expected F32, F16, BF16, F64, I64, I32 or BOOL)`);
-    if (!Array.isArray(shape) || !Array.isArray(data_offsets)) throw new SafetensorsError(`${file}: tensor '${name}' lacks shape or data_offsets`);
-    const [b, e] = data_offsets;
+    const isCount = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0;
+    if (!Array.isArray(shape) || !shape.every(isCount)) throw new SafetensorsError(`${file}: tensor '${name}': shape must be a list of non-negative integers, got ${JSON.stringify(shape)}`);
+    if (!Array.isArray(data_offsets) || data_offsets.length !== 2 || !data_offsets.every(isCount) || data_offsets[0] > data_offsets[1]) {
+      throw new SafetensorsError(`${file}: tensor '${name}': data_offsets must be [begin, end] with 0 <= begin <= end, got ${JSON.stringify(data_offsets)}`);
+    }
+    const [b, e] = data_offsets as [number, number];
     const n = numel(shape);
     if (e - b !== n * ITEM[dtype]) throw new SafetensorsError(`${file}: tensor '${name}' [${shape}] ${dtype} needs ${n * ITEM[dtype]} bytes, offsets give ${e - b}`);
     if (e > dataLen || b < 0) throw new SafetensorsError(`${file}: truncated safetensors file: tensor '${name}' ends at ${e}, data has ${dataLen} bytes`);

@@ -34,7 +34,7 @@ export class UniterRunner {
   }
 
   compiled(task: TaskName, opts: TaskOptions): { program: Program; taskGraph: TaskGraph } {
-    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference]);
+    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks]);
     let hit = this.programs.get(key);
     if (!hit) {
       this.validate(headOf(task), opts);

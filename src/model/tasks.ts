@@ -77,6 +77,8 @@ export interface TaskOptions extends HeadOptions {
   sampleSize?: number;
   /** Only score (no targets, no loss): inference graphs. */
   inference?: boolean;
+  /** Region masking input for tasks that do not mask regions by default (joint-masking ablation). */
+  imgMasks?: boolean;
 }
 
 export function headOf(task: TaskName): HeadName {
@@ -99,7 +101,7 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
   const P = new Params(g, specs);
   const mrm = task === 'mrfr' || task === 'mrc' || task === 'mrckl';
   const inp = declareInputs(g, cfg, {
-    imgMasks: mrm,
+    imgMasks: mrm || !!opts.imgMasks,
     imgTypes: task.startsWith('nlvr2'),
     txtTypes: task === 'vcr',
   });
@@ -314,7 +316,7 @@ export function prepareFeeds(task: TaskName, batch: Batch, opts: { inference?: b
     return t;
   };
   for (const k of ['input_ids', 'position_ids', 'img_feat', 'img_pos_feat', 'attn_masks', 'gather_index']) feeds.set(k, need(k));
-  if (task === 'mrfr' || task === 'mrc' || task === 'mrckl') feeds.set('img_masks', need('img_masks'));
+  if (task === 'mrfr' || task === 'mrc' || task === 'mrckl' || batch.has('img_masks')) feeds.set('img_masks', need('img_masks'));
   if (task.startsWith('nlvr2')) feeds.set('img_type_ids', need('img_type_ids'));
   if (task === 'vcr') feeds.set('txt_type_ids', need('txt_type_ids'));
   const inf = !!opts.inference;

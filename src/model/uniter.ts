@@ -21,6 +21,7 @@ import {
   gather,
   gatherElements,
   gelu,
+  gemm,
   greater,
   layerNorm,
   linear,
@@ -239,7 +240,7 @@ function transformHead(P: Params, densePrefix: string, lnPrefix: string, x: Tens
 /** MLM logits for the selected hidden states [n, H] -> [n, vocab] (decoder tied to word embeddings). */
 export function mlmHead(P: Params, h: Tensor): Tensor {
   const t = transformHead(P, 'cls.predictions.transform.dense', 'cls.predictions.transform.LayerNorm', h);
-  return add(matmul(t, transposeLast2(P.get('cls.predictions.decoder.weight'))), P.get('cls.predictions.bias'));
+  return gemm(t, P.get('cls.predictions.decoder.weight'), { transB: true }, P.get('cls.predictions.bias'));
 }
 
 /** MRFR prediction [n, img_dim]: output projection tied to img_linear.weight, used transposed. */

@@ -1,0 +1,381 @@
+/**
+ * bench/engine: a BERT-base encoder stack (12 layers, hidden 768, 12 heads, FFN 3072, batch
+ * 8 x 128 tokens with padding) through the engine (ONNX Runtime) against the same computation
+ * in PyTorch eager, both on the CPU in float32.
+ *
+ *   npm run build && node dist/bench/engine/run.js [--rounds 5] [--warmup 2] [--layers 12]
+ *        [--batch 8] [--seq 128] [--ort-threads 2] [--torch-settings 1x2,2x2,2x1]
+ *        [--python /usr/bin/python3] [--no-parity] [--out bench/engine/results.json]
+ *
+ * Both sides run as long-lived child processes that time one run per request; requests
+ * alternate between them (ORT, PyTorch, PyTorch, ORT, ...) so that load from other processes
+ * on this shared machine falls on both alike. A torch setting "AxB" means
+ * torch.set_num_threads(A) with OPENBLAS_NUM_THREADS=B. Before timing, a parity check runs
+ * a 2-layer version through both and compares outputs and every weight gradient.
+ */
+import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { HostTensor, readSafetensors } from '../../src/engine/index.js';
+import { writeFileAtomic } from '../../src/util/atomic.js';
+
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+const WORKER = path.join(HERE, 'worker.js');
+
+/** The repository root: the nearest directory above the working directory holding the package. */
+function repoRoot(): string {
+  for (let dir = process.cwd(); ; dir = path.dirname(dir)) {
+    const pkg = path.join(dir, 'package.json');
+    if (fs.existsSync(pkg) && (JSON.parse(fs.readFileSync(pkg, 'utf8')) as { name?: string }).name === 'uniter-ts') return dir;
+    if (path.dirname(dir) === dir) throw new Error(`bench: run from inside the uniter-ts repository (no package.json named uniter-ts above ${process.cwd()})`);
+  }
+}
+
+interface Options {
+  rounds: number;
+  warmup: number;
+  layers: number;
+  batch: number;
+  seq: number;
+  ortThreads: number;
+  torchSettings: Array<{ threads: number; blas: number }>;
+  python: string;
+  parity: boolean;
+  out: string;
+}
+
+function parseOptions(argv: string[], root: string): Options {
+  const o: Options = {
+    rounds: 5,
+    warmup: 2,
+    layers: 12,
+    batch: 8,
+    seq: 128,
+    ortThreads: 2,
+    torchSettings: [
+      { threads: 1, blas: 2 },
+      { threads: 2, blas: 2 },
+      { threads: 2, blas: 1 },
+    ],
+    python: '/usr/bin/python3',
+    parity: true,
+    out: path.join(root, 'bench/engine/results.json'),
+  };
+  const int = (flag: string, v: string | undefined): number => {
+    const n = Number(v);
+    if (v === undefined || !Number.isInteger(n) || n < 1) throw new Error(`bench: ${flag} needs a positive integer, got '${v}'`);
+    return n;
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    const v = argv[i + 1];
+    switch (a) {
+      case '--rounds': o.rounds = int(a, v); i++; break;
+      case '--warmup': o.warmup = int(a, v); i++; break;
+      case '--layers': o.layers = int(a, v); i++; break;
+      case '--batch': o.batch = int(a, v); i++; break;
+      case '--seq': o.seq = int(a, v); i++; break;
+      case '--ort-threads': o.ortThreads = int(a, v); i++; break;
+      case '--python': if (!v) throw new Error('bench: --python needs a path'); o.python = v; i++; break;
+      case '--out': if (!v) throw new Error('bench: --out needs a path'); o.out = path.resolve(v); i++; break;
+      case '--no-parity': o.parity = false; break;
+      case '--torch-settings':
+        if (!v || !/^\d+x\d+(,\d+x\d+)*$/.test(v)) throw new Error(`bench: --torch-settings wants e.g. 1x2,2x2 (torch threads x OpenBLAS threads), got '${v}'`);
+        o.torchSettings = v.split(',').map((s) => {
+          const [threads, blas] = s.split('x').map(Number);
+          return { threads, blas };
+        });
+        i++;
+        break;
+      default:
+        throw new Error(`bench: unknown option '${a}'`);
+    }
+  }
+  return o;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes that answer one JSON line per request line
+
+class Server {
+  private readonly lines: AsyncIterableIterator<string>;
+  private stderr = '';
+  private constructor(
+    readonly label: string,
+    private readonly child: ChildProcessWithoutNullStreams,
+  ) {
+    this.lines = readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]();
+    child.stderr.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
+  }
+
+  static async start(label: string, cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ server: Server; ready: Record<string, unknown> }> {
+    const child = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    const server = new Server(label, child);
+    const ready = await server.next();
+    if (ready.ready !== true) throw new Error(`${label}: unexpected first line ${JSON.stringify(ready)}`);
+    return { server, ready };
+  }
+
+  private async next(): Promise<Record<string, unknown>> {
+    const r = await this.lines.next();
+    if (r.done) throw new Error(`${this.label} exited unexpectedly; stderr:\n${this.stderr}`);
+    try {
+      return JSON.parse(r.value) as Record<string, unknown>;
+    } catch {
+      throw new Error(`${this.label}: not JSON: ${r.value}\nstderr:\n${this.stderr}`);
+    }
+  }
+
+  async request(cmd: string): Promise<Record<string, unknown>> {
+    this.child.stdin.write(`${cmd}\n`);
+    const reply = await this.next();
+    if (reply.error) throw new Error(`${this.label}: ${String(reply.error)}`);
+    return reply;
+  }
+
+  async time(phase: Phase): Promise<number> {
+    return (await this.request(phase)).seconds as number;
+  }
+
+  async quit(): Promise<void> {
+    const done = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
+    this.child.stdin.write('quit\n');
+    this.child.stdin.end();
+    await done;
+  }
+}
+
+type Phase = 'forward' | 'forward_backward';
+const PHASES: Phase[] = ['forward', 'forward_backward'];
+
+function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    child.on('error', reject);
+    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}:\n${err.slice(-4000)}`))));
+  });
+}
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parity: the two implementations compute the same numbers
+
+interface ParityReport {
+  layers: number;
+  batch: number;
+  seq: number;
+  output_max_abs_diff: number;
+  loss_engine: number;
+  loss_torch: number;
+  /** Worst over all weight gradients of max|engine - torch| / max(max|torch|, 1e-3 * largest gradient). */
+  grad_max_rel_diff: number;
+  worst_grad: string;
+  ok: boolean;
+}
+
+async function parityCheck(o: Options): Promise<ParityReport> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-bench-parity-'));
+  try {
+    const shape = { layers: 2, batch: 2, seq: 16 };
+    await runChild(process.execPath, [WORKER, 'parity', '--dir', dir, '--layers', String(shape.layers), '--batch', String(shape.batch), '--seq', String(shape.seq)]);
+    await runChild(o.python, [path.join(repoRoot(), 'bench/engine/torch_baseline.py'), 'parity', '--dir', dir], { ...process.env, OPENBLAS_NUM_THREADS: '2' });
+    const eng = readSafetensors(path.join(dir, 'engine_out.safetensors')).tensors;
+    const ref = readSafetensors(path.join(dir, 'torch_out.safetensors')).tensors;
+    const maxAbs = (t: HostTensor) => (t.data as Float32Array).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+    const maxDiff = (a: HostTensor, b: HostTensor) => {
+      if (a.shape.join() !== b.shape.join()) throw new Error(`parity: shapes differ [${a.shape}] vs [${b.shape}]`);
+      let m = 0;
+      for (let i = 0; i < a.data.length; i++) m = Math.max(m, Math.abs((a.data as Float32Array)[i] - (b.data as Float32Array)[i]));
+      return m;
+    };
+    let worst = 0;
+    let worstName = '';
+    const gradNames = [...ref.keys()].filter((n) => n.startsWith('grad:'));
+    if (gradNames.length === 0) throw new Error('parity: PyTorch wrote no gradients');
+    // Some gradients are zero in exact arithmetic (the key bias: softmax ignores a per-row
+    // shift), so each tensor's scale is floored at a small fraction of the largest gradient.
+    const floor = 1e-3 * Math.max(...gradNames.map((n) => maxAbs(ref.get(n)!)));
+    for (const name of gradNames) {
+      const e = eng.get(name);
+      if (!e) throw new Error(`parity: the engine produced no ${name}`);
+      const rel = maxDiff(e, ref.get(name)!) / Math.max(maxAbs(ref.get(name)!), floor);
+      if (rel > worst) [worst, worstName] = [rel, name];
+    }
+    const outDiff = maxDiff(eng.get('output')!, ref.get('output')!);
+    const lossE = eng.get('loss')!.data[0] as number;
+    const lossT = ref.get('loss')!.data[0] as number;
+    return {
+      ...shape,
+      output_max_abs_diff: outDiff,
+      loss_engine: lossE,
+      loss_torch: lossT,
+      grad_max_rel_diff: worst,
+      worst_grad: worstName,
+      ok: outDiff < 1e-4 && worst < 1e-3 && Math.abs(lossE - lossT) <= 1e-4 * Math.max(1, Math.abs(lossT)),
+    };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface SideResult {
+  label: string;
+  first_run_s: Record<Phase, number>;
+  times_s: Record<Phase, number[]>;
+  median_s: Record<Phase, number>;
+  max_rss_bytes: number;
+  info: Record<string, unknown>;
+}
+
+const GiB = 1024 ** 3;
+const fmt = (s: number) => `${s.toFixed(3)} s`;
+
+async function main(): Promise<void> {
+  const root = repoRoot();
+  const o = parseOptions(process.argv.slice(2), root);
+  const load = () => os.loadavg().map((x) => Number(x.toFixed(2)));
+  const started = new Date().toISOString();
+  const loadBefore = load();
+  console.log(`bench/engine: BERT ${o.layers} layers, batch ${o.batch} x ${o.seq}; ${o.rounds} interleaved rounds after ${o.warmup} warm-up runs; load ${loadBefore.join(' ')}`);
+
+  let parity: ParityReport | null = null;
+  if (o.parity) {
+    parity = await parityCheck(o);
+    console.log(
+      `parity (2 layers, 2 x 16): output max|diff| ${parity.output_max_abs_diff.toExponential(2)}, loss ${parity.loss_engine.toFixed(6)} vs ${parity.loss_torch.toFixed(6)}, worst gradient rel diff ${parity.grad_max_rel_diff.toExponential(2)} (${parity.worst_grad}) -> ${parity.ok ? 'OK' : 'MISMATCH'}`,
+    );
+    if (!parity.ok) throw new Error('parity check failed: the engine and PyTorch compute different numbers; timings would be meaningless');
+  }
+
+  const shapeArgs = ['--layers', String(o.layers), '--batch', String(o.batch), '--seq', String(o.seq)];
+  const { server: engine, ready: engineReady } = await Server.start('engine worker', process.execPath, [WORKER, 'serve', ...shapeArgs, '--threads', String(o.ortThreads)]);
+  const eng: SideResult = { label: `engine (ORT, ${o.ortThreads} threads)`, first_run_s: { forward: 0, forward_backward: 0 }, times_s: { forward: [], forward_backward: [] }, median_s: { forward: 0, forward_backward: 0 }, max_rss_bytes: 0, info: engineReady };
+  for (const phase of PHASES) {
+    eng.first_run_s[phase] = await engine.time(phase); // includes ORT session creation
+    for (let i = 1; i < o.warmup; i++) await engine.time(phase);
+  }
+
+  const torchSides: SideResult[] = [];
+  for (const setting of o.torchSettings) {
+    const env = { ...process.env, OPENBLAS_NUM_THREADS: String(setting.blas), OMP_NUM_THREADS: String(setting.threads) };
+    const label = `PyTorch threads=${setting.threads} OpenBLAS=${setting.blas}`;
+    const { server: torch, ready } = await Server.start(label, o.python, [path.join(root, 'bench/engine/torch_baseline.py'), 'serve', ...shapeArgs, '--threads', String(setting.threads)], env);
+    const side: SideResult = { label, first_run_s: { forward: 0, forward_backward: 0 }, times_s: { forward: [], forward_backward: [] }, median_s: { forward: 0, forward_backward: 0 }, max_rss_bytes: 0, info: { ...ready, setting } };
+    for (const phase of PHASES) {
+      side.first_run_s[phase] = await torch.time(phase);
+      for (let i = 1; i < o.warmup; i++) await torch.time(phase);
+    }
+    for (let r = 0; r < o.rounds; r++) {
+      for (const phase of PHASES) {
+        // Alternate who goes first; pause so spinning worker threads of the other side settle.
+        const order = r % 2 === 0 ? [engine, torch] : [torch, engine];
+        for (const s of order) {
+          await pause(200);
+          const t = await s.time(phase);
+          (s === engine ? eng : side).times_s[phase].push(t);
+        }
+      }
+      process.stdout.write(`  ${label} round ${r + 1}/${o.rounds}: engine ${fmt(eng.times_s.forward.at(-1)!)} / ${fmt(eng.times_s.forward_backward.at(-1)!)}, torch ${fmt(side.times_s.forward.at(-1)!)} / ${fmt(side.times_s.forward_backward.at(-1)!)}\n`);
+    }
+    side.max_rss_bytes = (await torch.request('rss')).max_rss_bytes as number;
+    for (const phase of PHASES) side.median_s[phase] = median(side.times_s[phase]);
+    torchSides.push(side);
+    await torch.quit();
+  }
+  eng.max_rss_bytes = (await engine.request('rss')).max_rss_bytes as number;
+  for (const phase of PHASES) eng.median_s[phase] = median(eng.times_s[phase]);
+  await engine.quit();
+
+  // Peak RSS of forward+backward alone (its own process: one warm-up and one timed run).
+  const fbOnly = JSON.parse(
+    (await runChild(process.execPath, [WORKER, 'time', '--phase', 'forward_backward', ...shapeArgs, '--threads', String(o.ortThreads), '--warmup', '1', '--runs', '1'])).trim(),
+  ) as { max_rss_bytes: number };
+
+  const fastest = (phase: Phase) => torchSides.reduce((a, b) => (b.median_s[phase] < a.median_s[phase] ? b : a));
+  const summary = PHASES.map((phase) => {
+    const best = fastest(phase);
+    // Paired ratios: each torch run against the engine run next to it in the same round.
+    const offset = torchSides.indexOf(best) * o.rounds;
+    const paired = best.times_s[phase].map((t, i) => t / eng.times_s[phase][offset + i]);
+    return {
+      phase,
+      engine_median_s: eng.median_s[phase],
+      torch_fastest_setting: best.label,
+      torch_fastest_median_s: best.median_s[phase],
+      speedup: best.median_s[phase] / eng.median_s[phase],
+      speedup_paired_median: median(paired),
+      target: phase === 'forward' ? 2 : 1.3,
+    };
+  });
+  const targets = {
+    forward_speedup_ge_2: summary[0].speedup >= 2,
+    forward_backward_speedup_ge_1_3: summary[1].speedup >= 1.3,
+    forward_backward_peak_rss_lt_8GiB: fbOnly.max_rss_bytes < 8 * GiB,
+  };
+
+  const rows: string[][] = [['side', 'forward median', 'fwd+bwd median', 'first fwd / fwd+bwd', 'peak RSS']];
+  for (const s of [eng, ...torchSides]) {
+    rows.push([s.label, fmt(s.median_s.forward), fmt(s.median_s.forward_backward), `${fmt(s.first_run_s.forward)} / ${fmt(s.first_run_s.forward_backward)}`, `${(s.max_rss_bytes / GiB).toFixed(2)} GiB`]);
+  }
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
+  console.log('');
+  for (const r of rows) console.log(r.map((cell, c) => cell.padEnd(widths[c])).join('  '));
+  console.log('');
+  for (const s of summary) {
+    console.log(
+      `${s.phase}: engine ${fmt(s.engine_median_s)} vs ${s.torch_fastest_setting} ${fmt(s.torch_fastest_median_s)} -> ${s.speedup.toFixed(2)}x faster (paired median ${s.speedup_paired_median.toFixed(2)}x; target ${s.target}x: ${s.speedup >= s.target ? 'met' : 'MISSED'})`,
+    );
+  }
+  console.log(`peak RSS of forward+backward alone (engine process): ${(fbOnly.max_rss_bytes / GiB).toFixed(2)} GiB (target < 8 GiB: ${targets.forward_backward_peak_rss_lt_8GiB ? 'met' : 'MISSED'})`);
+
+  const results = {
+    started,
+    finished: new Date().toISOString(),
+    machine: {
+      cpu: os.cpus()[0]?.model,
+      cores: os.cpus().length,
+      memory_gib: Number((os.totalmem() / GiB).toFixed(1)),
+      load_before: loadBefore,
+      load_after: load(),
+      node: process.version,
+      onnxruntime_node: (JSON.parse(fs.readFileSync(path.join(root, 'node_modules/onnxruntime-node/package.json'), 'utf8')) as { version: string }).version,
+    },
+    workload: { model: 'BERT encoder, post-LN, erf-GELU, LayerNorm eps 1e-12, additive key mask', layers: o.layers, hidden: 768, heads: 12, intermediate: 3072, batch: o.batch, seq: o.seq, dtype: 'float32' },
+    method: {
+      rounds: o.rounds,
+      warmup: o.warmup,
+      interleaved: true,
+      forward: 'engine: forward-only graph; PyTorch: under torch.no_grad()',
+      forward_backward: 'loss = sum(output * fixed projection); gradients w.r.t. all weights (engine: returned to JS; PyTorch: .grad)',
+    },
+    parity,
+    engine: eng,
+    torch: torchSides,
+    summary,
+    engine_forward_backward_only_peak_rss_bytes: fbOnly.max_rss_bytes,
+    targets,
+  };
+  writeFileAtomic(o.out, `${JSON.stringify(results, null, 2)}\n`);
+  console.log(`\nwrote ${path.relative(process.cwd(), o.out) || o.out}`);
+}
+
+main().catch((e: unknown) => {
+  console.error(e instanceof Error ? (e.stack ?? e.message) : String(e));
+  process.exit(1);
+});

@@ -1,0 +1,413 @@
+/**
+ * Training checkpoints and model folders.
+ *
+ * A checkpoint is the directory `OUT/ckpt/step_<N>/` with
+ *   model.safetensors      parameters by official name; tied tensors stored once, the ties named
+ *                          in the metadata key `uniter_ties` ({alias: stored name})
+ *   optimizer.safetensors  optimizer moments (optional)
+ *   trainer.json           step, optimizer counters, RNG states, sampler positions, task-mixer
+ *                          state, config and whatever else the caller passes as JSON
+ * and `OUT/ckpt/latest` names the newest complete one.
+ *
+ * Crash safety: the directory is built under a temporary name, every file is fsynced, the
+ * directory is renamed into place, and only then is `latest` replaced (atomically). A writer
+ * killed at any point leaves `latest` naming the previous good checkpoint. The last K
+ * checkpoints are kept (default 2). One writer per output directory is assumed.
+ *
+ * A model folder (`saveModelFolder`) is the from_pretrained layout: config.json + model.safetensors.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { DType, HostTensor, f32, numel } from '../engine/host.js';
+import { readSafetensors } from '../engine/safetensors.js';
+import { replaceDirAtomic, writeFileAtomic } from '../util/atomic.js';
+import type { RngState } from '../util/rng.js';
+import type { MixerState } from './mixer.js';
+import type { AdamWStateJson, OptimizerState } from './optimizer.js';
+
+export const MODEL_FILE = 'model.safetensors';
+export const OPTIMIZER_FILE = 'optimizer.safetensors';
+export const TRAINER_FILE = 'trainer.json';
+export const CONFIG_FILE = 'config.json';
+export const LATEST_FILE = 'latest';
+/** Metadata key of model.safetensors holding {alias: stored name} for tied parameters. */
+export const TIES_METADATA_KEY = 'uniter_ties';
+const TRAINER_FORMAT = 'uniter-ts/trainer-state';
+const TRAINER_FORMAT_VERSION = 1;
+const STEP_DIR = /^step_(\d+)$/;
+
+/** The JSON side of a checkpoint (trainer.json). */
+export interface TrainerState {
+  format: typeof TRAINER_FORMAT;
+  version: number;
+  /** Global optimizer step the checkpoint was taken after. */
+  step: number;
+  savedAt: string;
+  optimizer: AdamWStateJson | null;
+  rng: Record<string, RngState>;
+  samplers: Record<string, unknown>;
+  mixer: MixerState | null;
+  config: unknown;
+  extra: Record<string, unknown>;
+}
+
+export interface CheckpointInput {
+  step: number;
+  params: Map<string, Float32Array>;
+  shapes: Map<string, number[]>;
+  /** alias -> stored name for tied parameters (an alias present in `params` is not stored again). */
+  ties?: Record<string, string>;
+  optimizer?: OptimizerState;
+  rng?: Record<string, RngState>;
+  samplers?: Record<string, unknown>;
+  mixer?: MixerState;
+  config?: unknown;
+  extra?: Record<string, unknown>;
+}
+
+export interface Checkpoint {
+  dir: string;
+  step: number;
+  params: Map<string, Float32Array>;
+  shapes: Map<string, number[]>;
+  ties: Record<string, string>;
+  /** Null when the checkpoint has no optimizer file or loading it was not asked for. */
+  optimizer: OptimizerState | null;
+  trainer: TrainerState;
+}
+
+export type CheckpointProgress =
+  | { phase: 'write'; file: string; bytes: number; totalBytes: number }
+  | { phase: 'renamed'; dir: string }
+  | { phase: 'committed'; dir: string };
+
+export interface SaveCheckpointOptions {
+  /** How many step directories to keep (newest by step); default 2. */
+  keepLast?: number;
+  /** Called as files are written and at the two commit points (for progress display and fault-injection tests). */
+  onProgress?: (event: CheckpointProgress) => void;
+}
+
+export function checkpointRoot(outDir: string): string {
+  return path.join(outDir, 'ckpt');
+}
+
+/** Write checkpoint `OUT/ckpt/step_<step>/` atomically, point `latest` at it and prune old ones. Returns its directory. */
+export function saveCheckpoint(outDir: string, input: CheckpointInput, options: SaveCheckpointOptions = {}): string {
+  const keepLast = options.keepLast ?? 2;
+  if (!(Number.isInteger(keepLast) && keepLast >= 1)) throw new RangeError(`saveCheckpoint: keepLast must be an integer >= 1, got ${keepLast}`);
+  if (!(Number.isInteger(input.step) && input.step >= 0)) throw new RangeError(`saveCheckpoint: step must be an integer >= 0, got ${input.step}`);
+  const root = checkpointRoot(outDir);
+  fs.mkdirSync(root, { recursive: true });
+  removeLeftovers(root);
+
+  const name = `step_${input.step}`;
+  const finalDir = path.join(root, name);
+  const tmpDir = path.join(root, `.${name}.tmp-${process.pid}-${Date.now()}`);
+  fs.mkdirSync(tmpDir);
+  const progress = options.onProgress;
+  try {
+    const modelBytes = writeModelSafetensors(path.join(tmpDir, MODEL_FILE), input.params, input.shapes, input.ties ?? {}, progress);
+    const files: Record<string, number> = { [MODEL_FILE]: modelBytes };
+    if (input.optimizer) {
+      files[OPTIMIZER_FILE] = writeSafetensorsStreamed(path.join(tmpDir, OPTIMIZER_FILE), input.optimizer.tensors, {}, progress);
+    }
+    const trainer: TrainerState & { files: Record<string, number> } = {
+      format: TRAINER_FORMAT,
+      version: TRAINER_FORMAT_VERSION,
+      step: input.step,
+      savedAt: new Date().toISOString(),
+      optimizer: input.optimizer?.json ?? null,
+      rng: input.rng ?? {},
+      samplers: input.samplers ?? {},
+      mixer: input.mixer ?? null,
+      config: input.config ?? null,
+      extra: input.extra ?? {},
+      files,
+    };
+    writeFileSynced(path.join(tmpDir, TRAINER_FILE), JSON.stringify(trainer, null, 1) + '\n');
+    syncDir(tmpDir);
+  } catch (e) {
+    fs.rmSync(tmpDir, { recursive: true, force: true });
+    throw e;
+  }
+
+  // A same-step directory (re-save after a resume) is moved aside, not deleted, until `latest` is updated.
+  let trash: string | null = null;
+  if (fs.existsSync(finalDir)) {
+    trash = path.join(root, `.${name}.old-${process.pid}-${Date.now()}`);
+    fs.renameSync(finalDir, trash);
+  }
+  fs.renameSync(tmpDir, finalDir);
+  syncDir(root);
+  progress?.({ phase: 'renamed', dir: finalDir });
+  writeFileAtomic(path.join(root, LATEST_FILE), name + '\n');
+  progress?.({ phase: 'committed', dir: finalDir });
+  if (trash) fs.rmSync(trash, { recursive: true, force: true });
+  pruneCheckpoints(root, keepLast, name);
+  return finalDir;
+}
+
+/** Complete checkpoints under OUT/ckpt, oldest first. */
+export function listCheckpoints(outDir: string): Array<{ step: number; dir: string }> {
+  const root = checkpointRoot(outDir);
+  if (!fs.existsSync(root)) return [];
+  return fs
+    .readdirSync(root)
+    .map((n) => ({ m: STEP_DIR.exec(n), n }))
+    .filter((x): x is { m: RegExpExecArray; n: string } => x.m !== null && fs.statSync(path.join(root, x.n)).isDirectory())
+    .map(({ m, n }) => ({ step: Number(m[1]), dir: path.join(root, n) }))
+    .sort((a, b) => a.step - b.step);
+}
+
+/**
+ * The checkpoint `OUT/ckpt/latest` names, or null when there is none. If the pointer is
+ * missing (or names a directory that a crash during a same-step re-save left absent), the
+ * newest step directory is used. A checkpoint that exists but cannot be read is an error.
+ */
+export function loadLatestCheckpoint(outDir: string, options: { loadOptimizer?: boolean } = {}): Checkpoint | null {
+  const root = checkpointRoot(outDir);
+  const pointer = path.join(root, LATEST_FILE);
+  if (fs.existsSync(pointer)) {
+    const name = fs.readFileSync(pointer, 'utf8').trim();
+    if (!STEP_DIR.test(name)) throw new Error(`${pointer}: expected a checkpoint name like 'step_1000', got '${name.slice(0, 80)}'`);
+    const dir = path.join(root, name);
+    if (fs.existsSync(dir)) return loadCheckpoint(dir, options);
+  }
+  const all = listCheckpoints(outDir);
+  if (all.length === 0) return null;
+  return loadCheckpoint(all[all.length - 1].dir, options);
+}
+
+/** Read one checkpoint directory. */
+export function loadCheckpoint(dir: string, options: { loadOptimizer?: boolean } = {}): Checkpoint {
+  const trainerFile = path.join(dir, TRAINER_FILE);
+  const trainer = readTrainerState(trainerFile);
+  checkRecordedSizes(dir, trainerFile, (options.loadOptimizer ?? true) ? [MODEL_FILE, OPTIMIZER_FILE] : [MODEL_FILE]);
+  const { params, shapes, ties } = readModelSafetensors(path.join(dir, MODEL_FILE));
+  let optimizer: OptimizerState | null = null;
+  if ((options.loadOptimizer ?? true) && trainer.optimizer) {
+    const file = path.join(dir, OPTIMIZER_FILE);
+    if (!fs.existsSync(file)) throw new Error(`${dir}: ${TRAINER_FILE} has optimizer state but ${OPTIMIZER_FILE} is missing`);
+    optimizer = { tensors: readSafetensors(file).tensors, json: trainer.optimizer };
+  }
+  return { dir, step: trainer.step, params, shapes, ties, optimizer, trainer };
+}
+
+/** trainer.json records each data file's size; a mismatch means the directory was damaged after the write. */
+function checkRecordedSizes(dir: string, trainerFile: string, names: string[]): void {
+  const recorded = (JSON.parse(fs.readFileSync(trainerFile, 'utf8')) as { files?: Record<string, number> }).files ?? {};
+  for (const name of names) {
+    const expected = recorded[name];
+    if (expected === undefined) continue;
+    const file = path.join(dir, name);
+    const actual = fs.existsSync(file) ? fs.statSync(file).size : -1;
+    if (actual !== expected) throw new Error(`${file}: ${actual < 0 ? 'missing' : `${actual} bytes`}, but ${TRAINER_FILE} recorded ${expected} bytes (damaged checkpoint)`);
+  }
+}
+
+function readTrainerState(file: string): TrainerState {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new Error(`${file}: cannot read trainer state (${(e as Error).message})`);
+  }
+  const t = raw as Partial<TrainerState> | null;
+  if (!t || typeof t !== 'object' || t.format !== TRAINER_FORMAT) throw new Error(`${file}: not a uniter-ts trainer state (field 'format' should be '${TRAINER_FORMAT}')`);
+  if (t.version !== TRAINER_FORMAT_VERSION) throw new Error(`${file}: field 'version' is ${String(t.version)}, this build reads version ${TRAINER_FORMAT_VERSION}`);
+  if (!(Number.isInteger(t.step) && (t.step as number) >= 0)) throw new Error(`${file}: field 'step' must be an integer >= 0, got ${JSON.stringify(t.step)}`);
+  return {
+    format: TRAINER_FORMAT,
+    version: t.version,
+    step: t.step as number,
+    savedAt: String(t.savedAt ?? ''),
+    optimizer: t.optimizer ?? null,
+    rng: t.rng ?? {},
+    samplers: t.samplers ?? {},
+    mixer: t.mixer ?? null,
+    config: t.config ?? null,
+    extra: t.extra ?? {},
+  };
+}
+
+/** Write the from_pretrained folder layout (config.json + model.safetensors), replacing `dir` atomically. */
+export function saveModelFolder(dir: string, config: Record<string, unknown>, params: Map<string, Float32Array>, shapes: Map<string, number[]>, options: { ties?: Record<string, string> } = {}): void {
+  replaceDirAtomic(dir, (tmp) => {
+    writeFileSynced(path.join(tmp, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
+    writeModelSafetensors(path.join(tmp, MODEL_FILE), params, shapes, options.ties ?? {});
+  });
+}
+
+export function loadModelFolder(dir: string): { config: Record<string, unknown>; params: Map<string, Float32Array>; shapes: Map<string, number[]>; ties: Record<string, string> } {
+  const configFile = path.join(dir, CONFIG_FILE);
+  let config: unknown;
+  try {
+    config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+  } catch (e) {
+    throw new Error(`${configFile}: cannot read model config (${(e as Error).message})`);
+  }
+  if (!config || typeof config !== 'object' || Array.isArray(config)) throw new Error(`${configFile}: expected a JSON object`);
+  return { config: config as Record<string, unknown>, ...readModelSafetensors(path.join(dir, MODEL_FILE)) };
+}
+
+/**
+ * Write parameters as safetensors, each tied tensor once. Ties are those given (alias -> stored
+ * name) plus any two names that share the same Float32Array (the later one becomes the alias).
+ * Returns the file size.
+ */
+export function writeModelSafetensors(file: string, params: Map<string, Float32Array>, shapes: Map<string, number[]>, ties: Record<string, string>, onProgress?: (e: CheckpointProgress) => void): number {
+  const allTies: Record<string, string> = { ...ties };
+  for (const [alias, target] of Object.entries(ties)) {
+    if (!params.has(target)) throw new Error(`${file}: tie '${alias}' -> '${target}' names a parameter that is not in the parameter map`);
+    const a = params.get(alias);
+    if (a && a !== params.get(target)) throw new Error(`${file}: '${alias}' is declared tied to '${target}' but holds a different array`);
+  }
+  const owner = new Map<Float32Array, string>();
+  const tensors = new Map<string, HostTensor>();
+  for (const [name, value] of params) {
+    if (name in allTies) continue;
+    const first = owner.get(value);
+    if (first !== undefined) {
+      allTies[name] = first;
+      continue;
+    }
+    owner.set(value, name);
+    const shape = shapes.get(name);
+    if (!shape) throw new Error(`${file}: parameter '${name}' has no entry in the shapes map`);
+    if (numel(shape) !== value.length) throw new Error(`${file}: parameter '${name}' has ${value.length} values, shape [${shape}] needs ${numel(shape)}`);
+    tensors.set(name, f32(shape, value));
+  }
+  const metadata: Record<string, string> = { format: 'pt' };
+  if (Object.keys(allTies).length) metadata[TIES_METADATA_KEY] = JSON.stringify(allTies);
+  return writeSafetensorsStreamed(file, tensors, metadata, onProgress);
+}
+
+/** The parameter map with every tied alias added as a second name for its stored array (shared, not copied). */
+export function withTiedAliases(params: Map<string, Float32Array>, ties: Record<string, string>): Map<string, Float32Array> {
+  const out = new Map(params);
+  for (const [alias, target] of Object.entries(ties)) {
+    const value = params.get(target);
+    if (!value) throw new Error(`tie '${alias}' -> '${target}': no parameter named '${target}'`);
+    out.set(alias, value);
+  }
+  return out;
+}
+
+/** Read a model file written by writeModelSafetensors (or any float safetensors file). Aliases are not expanded. */
+export function readModelSafetensors(file: string): { params: Map<string, Float32Array>; shapes: Map<string, number[]>; ties: Record<string, string> } {
+  const { tensors, metadata } = readSafetensors(file);
+  const params = new Map<string, Float32Array>();
+  const shapes = new Map<string, number[]>();
+  for (const [name, t] of tensors) {
+    if (!(t.data instanceof Float32Array)) throw new Error(`${file}: tensor '${name}' is ${t.dtype}, expected a float parameter`);
+    params.set(name, t.data);
+    shapes.set(name, t.shape);
+  }
+  let ties: Record<string, string> = {};
+  const rawTies = metadata[TIES_METADATA_KEY];
+  if (rawTies !== undefined) {
+    try {
+      ties = JSON.parse(rawTies) as Record<string, string>;
+    } catch (e) {
+      throw new Error(`${file}: metadata '${TIES_METADATA_KEY}' is not JSON (${(e as Error).message})`);
+    }
+    for (const [alias, target] of Object.entries(ties)) {
+      if (!params.has(target)) throw new Error(`${file}: metadata '${TIES_METADATA_KEY}' ties '${alias}' to '${target}', which the file does not hold`);
+    }
+  }
+  return { params, shapes, ties };
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const ITEM_SIZE: Record<DType, number> = { float64: 8, int64: 8, float32: 4, int32: 4, bool: 1 };
+const DTYPE_CODE: Record<DType, string> = { float64: 'F64', int64: 'I64', float32: 'F32', int32: 'I32', bool: 'BOOL' };
+const WRITE_CHUNK = 8 << 20;
+
+/**
+ * Safetensors written tensor by tensor straight from the arrays (no whole-file buffer: a base
+ * model's moments are ~0.9 GB), in the layout of engine/safetensors.ts (tensors ordered by item
+ * size then name, header padded to 8 bytes), then fsynced. Returns the file size.
+ */
+function writeSafetensorsStreamed(file: string, tensors: Map<string, HostTensor>, metadata: Record<string, string>, onProgress?: (e: CheckpointProgress) => void): number {
+  const entries = [...tensors].map(([name, t]) => {
+    if (t.data.length !== numel(t.shape)) throw new Error(`${file}: tensor '${name}' has ${t.data.length} values, shape [${t.shape}] needs ${numel(t.shape)}`);
+    return { name, t, item: ITEM_SIZE[t.dtype] };
+  });
+  entries.sort((a, b) => b.item - a.item || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const header: Record<string, unknown> = {};
+  if (Object.keys(metadata).length) header.__metadata__ = metadata;
+  let offset = 0;
+  for (const { name, t, item } of entries) {
+    const len = t.data.length * item;
+    header[name] = { dtype: DTYPE_CODE[t.dtype], shape: t.shape, data_offsets: [offset, offset + len] };
+    offset += len;
+  }
+  let json = JSON.stringify(header);
+  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
+  const headerBytes = Buffer.from(json, 'utf8');
+  const prefix = Buffer.alloc(8);
+  prefix.writeBigUInt64LE(BigInt(headerBytes.length));
+  const total = 8 + headerBytes.length + offset;
+  const base = path.basename(file);
+  const fd = fs.openSync(file, 'w');
+  try {
+    let written = 0;
+    const put = (bytes: Uint8Array): void => {
+      for (let pos = 0; pos < bytes.length; ) {
+        const n = fs.writeSync(fd, bytes, pos, Math.min(WRITE_CHUNK, bytes.length - pos));
+        pos += n;
+        written += n;
+        onProgress?.({ phase: 'write', file: base, bytes: written, totalBytes: total });
+      }
+    };
+    put(prefix);
+    put(headerBytes);
+    for (const { t } of entries) put(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return total;
+}
+
+function writeFileSynced(file: string, text: string): void {
+  const fd = fs.openSync(file, 'w');
+  try {
+    fs.writeSync(fd, text);
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function syncDir(dir: string): void {
+  let fd: number | null = null;
+  try {
+    fd = fs.openSync(dir, 'r');
+    fs.fsyncSync(fd);
+  } catch {
+    // Some file systems refuse fsync on a directory; rename is still atomic there.
+  } finally {
+    if (fd !== null) fs.closeSync(fd);
+  }
+}
+
+/** Temporary and set-aside directories of writers that died (never named step_<N>, never loaded). */
+function removeLeftovers(root: string): void {
+  for (const n of fs.readdirSync(root)) {
+    if (/^\.step_\d+\.(tmp|old)-/.test(n)) fs.rmSync(path.join(root, n), { recursive: true, force: true });
+  }
+}
+
+function pruneCheckpoints(root: string, keepLast: number, latestName: string): void {
+  const dirs = fs
+    .readdirSync(root)
+    .map((n) => ({ n, m: STEP_DIR.exec(n) }))
+    .filter((x) => x.m !== null)
+    .sort((a, b) => Number(b.m![1]) - Number(a.m![1]));
+  for (const [i, { n }] of dirs.entries()) {
+    if (i >= keepLast && n !== latestName) fs.rmSync(path.join(root, n), { recursive: true, force: true });
+  }
+}

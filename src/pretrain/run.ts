@@ -1,0 +1,127 @@
+/**
+ * From a pretraining config (or the embedded default) to a running pre-training job: opens the
+ * datasets (official txt_db/img_db stores, or the synthetic world in memory), resolves the model
+ * configuration and initial weights, and calls the trainer.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ImgDb } from '../data/imgdb.js';
+import { TxtDb } from '../data/txtdb.js';
+import { generateWorld, type World, type WorldOptions } from '../data/world.js';
+import { PRESETS, UniterConfig, parseConfig } from '../model/config.js';
+import { allSpecs, initParams, TIES } from '../model/params.js';
+import { loadNonStrict, readWeightsAny, type LoadReport } from '../model/load.js';
+import type { HostTensor } from '../engine/host.js';
+import type { PretrainConfig } from './config.js';
+import { PretrainSource, TrainSettings } from './trainer.js';
+
+export function settingsFromConfig(c: PretrainConfig): TrainSettings {
+  return {
+    trainBatchTokens: c.train_batch_size,
+    valBatchTokens: c.val_batch_size,
+    accumulation: c.gradient_accumulation_steps,
+    learningRate: c.learning_rate,
+    schedule: c.lr_schedule,
+    warmupSteps: c.warmup_steps,
+    steps: c.num_train_steps,
+    validEvery: c.valid_steps,
+    saveEvery: c.save_steps,
+    keepCheckpoints: c.keep_checkpoints,
+    logEvery: c.log_steps,
+    gradNorm: c.grad_norm,
+    weightDecay: c.weight_decay,
+    betas: c.betas,
+    seed: c.seed,
+    maxTxtLen: c.max_txt_len,
+    mrmProb: c.mrm_prob,
+    itmNegProb: c.itm_neg_prob,
+    otLambda: c.itm_ot_lambda,
+    jointMasking: c.joint_masking,
+  };
+}
+
+export function modelConfigFrom(c: PretrainConfig): UniterConfig {
+  const m = c.model;
+  const base = m.kind === 'preset' ? { ...PRESETS[m.preset] } : parseConfig({ ...m.fields }, m.kind === 'file' ? m.path : 'model');
+  return { ...base, hidden_dropout_prob: c.dropout, attention_probs_dropout_prob: c.dropout };
+}
+
+/** Open the official stores a config names (one txt_db per img_db, as the official loaders). */
+export function openStoreSources(c: PretrainConfig): { train: PretrainSource[]; val: PretrainSource[]; close: () => void } {
+  const opened: Array<{ close(): void }> = [];
+  const open = (d: PretrainConfig['val_datasets'][number], ratios?: number[]): PretrainSource[] =>
+    d.db.map((db, i) => {
+      const txt = TxtDb.open(db);
+      const img = ImgDb.open(d.img[i] ?? d.img[0], { confTh: c.conf_th, maxBb: c.max_bb, minBb: c.min_bb, numBb: c.num_bb });
+      opened.push(txt, img);
+      return { name: d.db.length > 1 ? `${d.name}${i}` : d.name, txt, img, tasks: d.tasks, mix_ratio: ratios };
+    });
+  const train = c.train_datasets.flatMap((d) => open(d, d.mix_ratio));
+  const val = c.val_datasets.flatMap((d) => open(d));
+  return { train, val, close: () => opened.forEach((o) => o.close()) };
+}
+
+/** Initial parameters: fresh (official init) with a checkpoint loaded over them non-strictly. */
+export function initialParams(cfg: UniterConfig, seed: number, checkpoint: string | null): { params: Map<string, HostTensor>; report: LoadReport | null } {
+  const specs = allSpecs(cfg, 'pretrain').filter((p) => !TIES[p.name]);
+  const params = initParams(specs, cfg.initializer_range, seed);
+  if (!checkpoint) return { params, report: null };
+  const report = loadNonStrict(params, readWeightsAny(checkpoint), checkpoint);
+  return { params, report };
+}
+
+/** The embedded default: the synthetic world in memory and settings sized for ~15 minutes on 2 cores. */
+export interface EmbeddedDefault {
+  world: World;
+  model: UniterConfig;
+  settings: TrainSettings;
+  train: PretrainSource[];
+  val: PretrainSource[];
+}
+
+export const EMBEDDED_STEPS = 1500;
+
+export function embeddedDefault(opts: { steps?: number; seed?: number; world?: WorldOptions } = {}): EmbeddedDefault {
+  // Keep every image's features in memory (about 210 MB for the default world): synthesising
+  // them again for each batch would cost more than the model's step.
+  const world = generateWorld({ preset: 'default', cacheSize: 4000, ...(opts.world ?? {}) });
+  const model: UniterConfig = { ...PRESETS.tiny };
+  const steps = opts.steps ?? EMBEDDED_STEPS;
+  const settings: TrainSettings = {
+    trainBatchTokens: 1536,
+    valBatchTokens: 4096,
+    accumulation: 1,
+    learningRate: 5e-4,
+    schedule: 'linear',
+    warmupSteps: Math.max(1, Math.round(steps * 0.06)),
+    steps,
+    validEvery: Math.max(1, Math.round(steps / 10)),
+    valBatches: 6,
+    saveEvery: Math.max(1, Math.round(steps / 5)),
+    keepCheckpoints: 2,
+    logEvery: 1,
+    gradNorm: 5,
+    weightDecay: 0.01,
+    betas: [0.9, 0.98],
+    seed: opts.seed ?? 42,
+    maxTxtLen: 60,
+    mrmProb: 0.15,
+    itmNegProb: 0.5,
+    otLambda: 0.1,
+    jointMasking: false,
+  };
+  const img = world.images;
+  const tasks: PretrainSource['tasks'] = ['itm', 'mlm', 'mrfr', 'mrckl'];
+  return {
+    world,
+    model,
+    settings,
+    train: [{ name: 'world', txt: world.textDb('pretrain_world_train'), img, tasks, mix_ratio: [2, 2, 1, 1] }],
+    val: [{ name: 'world', txt: world.textDb('pretrain_world_val'), img, tasks }],
+  };
+}
+
+export function ensureDir(dir: string): string {
+  fs.mkdirSync(dir, { recursive: true });
+  return path.resolve(dir);
+}

@@ -1,0 +1,251 @@
+/**
+ * The pre-training loop: one task drawn per optimizer step from the mix-ratio pool, gradient
+ * accumulation over micro-batches of that task, clipping, AdamW with the linear schedule,
+ * validation at intervals, JSON Lines logs, a live progress line, atomic checkpoints and exact
+ * resume (parameters, moments, sampler positions, mixer and RNG states, dropout stream).
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { HostTensor } from '../engine/host.js';
+import type { ImageSource, TextSource } from '../data/types.js';
+import { ItmDataset, MlmDataset, MrcDataset, MrfrDataset, type TaskDataset } from '../data/datasets.js';
+import { TaskLoader } from '../data/sampler.js';
+import type { SpecialIds } from '../data/masking.js';
+import type { UniterConfig } from '../model/config.js';
+import { allSpecs, initParams, TIES } from '../model/params.js';
+import { UniterRunner } from '../model/runner.js';
+import { DEFAULT_OT, OtOptions, PretrainTask } from '../model/tasks.js';
+import { Rng } from '../util/rng.js';
+import { AdamW, clipGradNorm } from './optimizer.js';
+import { TaskMixer, mixName, parseMixName } from './mixer.js';
+import { learningRateAt } from './schedule.js';
+import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { JsonlLogger, ProgressDisplay } from './progress.js';
+import { evaluateTask, TaskMetrics } from './validate.js';
+
+export interface PretrainSource {
+  name: string;
+  txt: TextSource;
+  img: ImageSource;
+  tasks: PretrainTask[];
+  mix_ratio?: number[];
+}
+
+export interface TrainSettings {
+  trainBatchTokens: number;
+  valBatchTokens: number;
+  accumulation: number;
+  learningRate: number;
+  schedule: 'linear' | 'constant';
+  warmupSteps: number;
+  steps: number;
+  validEvery: number;
+  saveEvery: number;
+  keepCheckpoints: number;
+  logEvery: number;
+  gradNorm: number;
+  weightDecay: number;
+  betas: [number, number];
+  seed: number;
+  maxTxtLen: number;
+  mrmProb: number;
+  itmNegProb: number;
+  otLambda: number;
+  jointMasking: boolean;
+  /** Cap on validation batches per task at intermediate validations (the final one uses the whole split). */
+  valBatches?: number;
+}
+
+export interface PretrainOptions {
+  modelConfig: UniterConfig;
+  settings: TrainSettings;
+  train: PretrainSource[];
+  val: PretrainSource[];
+  outDir: string;
+  /** Initial parameters (e.g. from a checkpoint loaded non-strictly); fresh init otherwise. */
+  initial?: Map<string, HostTensor>;
+  resume?: boolean;
+  quiet?: boolean;
+  specialIds?: SpecialIds;
+  /** Stop after this global step (tests simulate an interruption); the run can be resumed. */
+  stopAtStep?: number;
+  /** Extra JSON saved with checkpoints (e.g. the config that started the run). */
+  runConfig?: unknown;
+  threads?: number;
+  onStep?: (info: StepInfo) => void;
+}
+
+export interface StepInfo {
+  step: number;
+  task: string;
+  loss: number;
+  lr: number;
+  gradNorm: number;
+  tokens: number;
+}
+
+export interface PretrainResult {
+  steps: number;
+  seconds: number;
+  params: Map<string, HostTensor>;
+  validation: Record<string, TaskMetrics>;
+  /** Loss of every step run in this session (step -> loss). */
+  losses: Array<{ step: number; task: string; loss: number }>;
+  droppedLongCaptions: number;
+}
+
+type AnyLoader = TaskLoader<unknown>;
+
+function buildDataset(task: PretrainTask, src: PretrainSource, s: TrainSettings, special?: SpecialIds): TaskDataset<unknown> {
+  const common = { specialIds: special };
+  switch (task) {
+    case 'mlm':
+      return new MlmDataset(src.txt, src.img, { ...common, jointMasking: s.jointMasking }) as TaskDataset<unknown>;
+    case 'mrfr':
+      return new MrfrDataset(src.txt, src.img, { ...common, maskProb: s.mrmProb, jointMasking: s.jointMasking }) as TaskDataset<unknown>;
+    case 'mrc':
+    case 'mrckl':
+      return new MrcDataset(src.txt, src.img, { ...common, maskProb: s.mrmProb, jointMasking: s.jointMasking }) as TaskDataset<unknown>;
+    case 'itm':
+      return new ItmDataset(src.txt, src.img, { ...common, negProb: s.itmNegProb, ot: s.otLambda > 0 }) as TaskDataset<unknown>;
+  }
+}
+
+export function otOptions(s: TrainSettings): OtOptions | null {
+  return s.otLambda > 0 ? { ...DEFAULT_OT, lambda: s.otLambda } : null;
+}
+
+export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
+  const { modelConfig: cfg, settings: s } = opts;
+  const t0 = Date.now();
+  fs.mkdirSync(opts.outDir, { recursive: true });
+  const specs = allSpecs(cfg, 'pretrain').filter((p) => !TIES[p.name]);
+  const params = initParams(specs, cfg.initializer_range, s.seed);
+  if (opts.initial) for (const [k, v] of opts.initial) if (params.has(k)) params.set(k, v);
+  const runner = new UniterRunner(cfg, params, opts.threads);
+  const values = new Map<string, Float32Array>();
+  const shapes = new Map<string, number[]>();
+  for (const [k, v] of params) {
+    values.set(k, v.data as Float32Array);
+    shapes.set(k, v.shape);
+  }
+  const optimizer = new AdamW(values, shapes, { betas: s.betas, eps: 1e-6, weightDecay: s.weightDecay });
+
+  // One loader per <task>_<dataset>.
+  const loaders = new Map<string, AnyLoader>();
+  let dropped = 0;
+  for (const src of opts.train) {
+    for (const task of src.tasks) {
+      const name = mixName(task, src.name);
+      const loader = new TaskLoader(buildDataset(task, src, s, opts.specialIds), { seed: s.seed, batchTokens: s.trainBatchTokens, maxTxtLen: s.maxTxtLen, dropLast: true });
+      loaders.set(name, loader);
+      if (task === 'mlm' || !src.tasks.includes('mlm')) dropped = Math.max(dropped, loader.dropped);
+    }
+  }
+  const mixer = new TaskMixer(
+    opts.train.map((d) => ({ name: d.name, tasks: d.tasks, mix_ratio: d.mix_ratio ?? d.tasks.map(() => 1) })),
+    new Rng(s.seed, 'mixer'),
+  );
+
+  let step = 0;
+  if (opts.resume) {
+    const ck = loadLatestCheckpoint(opts.outDir, { loadOptimizer: true });
+    if (ck) {
+      for (const [k, v] of ck.params) {
+        const p = params.get(k);
+        if (!p) throw new Error(`${ck.dir}: checkpoint has parameter '${k}' that this model does not`);
+        if (p.data.length !== v.length) throw new Error(`${ck.dir}: parameter '${k}' has ${v.length} values, the model needs ${p.data.length}`);
+        (p.data as Float32Array).set(v);
+      }
+      if (ck.optimizer) optimizer.loadState(ck.optimizer, `${ck.dir}/optimizer.safetensors`);
+      if (ck.trainer.mixer) mixer.restore(ck.trainer.mixer);
+      for (const [name, st] of Object.entries(ck.trainer.samplers)) loaders.get(name)?.restore(st as never);
+      step = ck.step;
+    }
+  }
+
+  const logger = new JsonlLogger(path.join(opts.outDir, 'log.jsonl'), { resumeFromStep: step });
+  const progress = new ProgressDisplay({ total: s.steps, startStep: step, quiet: opts.quiet, stream: process.stderr });
+  const losses: PretrainResult['losses'] = [];
+  const ot = otOptions(s);
+  const validation: Record<string, TaskMetrics> = {};
+  const endStep = Math.min(s.steps, opts.stopAtStep ?? s.steps);
+
+  const validate = async (atStep: number, final: boolean) => {
+    for (const src of opts.val) {
+      for (const task of src.tasks) {
+        const ds = buildDataset(task, src, s, opts.specialIds);
+        const m = await evaluateTask(runner, task, ds, { tokens: s.valBatchTokens, seed: s.seed, ot, maxBatches: final ? undefined : s.valBatches });
+        const key = opts.val.length > 1 ? mixName(task, src.name) : task;
+        validation[key] = m;
+        logger.log({ type: 'val', step: atStep, task: key, ...m });
+        progress.log(`validation @${atStep} ${key}: ${Object.entries(m).map(([k, v]) => `${k}=${typeof v === 'number' ? v.toFixed(4) : v}`).join(' ')}`);
+      }
+    }
+  };
+
+  const save = () =>
+    saveCheckpoint(
+      opts.outDir,
+      {
+        step,
+        params: values,
+        shapes,
+        ties: TIES,
+        optimizer: optimizer.state(),
+        mixer: mixer.state(),
+        samplers: Object.fromEntries([...loaders].map(([k, l]) => [k, l.state()])),
+        config: { model: cfg, run: opts.runConfig ?? null },
+      },
+      { keepLast: s.keepCheckpoints },
+    );
+
+  while (step < endStep) {
+    const name = mixer.next();
+    const { task } = parseMixName(name);
+    const loader = loaders.get(name)!;
+    const grads = new Map<string, Float32Array>();
+    let lossSum = 0;
+    let tokens = 0;
+    for (let micro = 0; micro < s.accumulation; micro++) {
+      const { batch } = loader.next();
+      const out = await runner.run(task as PretrainTask, batch, {
+        training: true,
+        grads: true,
+        ot: task === 'itm' ? ot : null,
+        imgMasks: batch.has('img_masks'),
+        dropout: { seed: s.seed, step: step * s.accumulation + micro },
+      });
+      lossSum += Number(out.get('loss')!.data[0]);
+      const attn = batch.get('attn_masks')!;
+      tokens += attn.shape[0] * attn.shape[1];
+      for (const [k, v] of out) {
+        if (!k.startsWith('grad.')) continue;
+        const pname = k.slice(5);
+        const prev = grads.get(pname);
+        if (!prev) grads.set(pname, v.data as Float32Array);
+        else {
+          const a = v.data as Float32Array;
+          for (let i = 0; i < a.length; i++) prev[i] += a[i];
+        }
+      }
+    }
+    const gradNorm = clipGradNorm(grads, s.gradNorm);
+    step++;
+    const lr = learningRateAt(step, { kind: s.schedule, peakLr: s.learningRate, warmupSteps: s.warmupSteps, totalSteps: s.steps });
+    optimizer.step(grads, lr);
+    const loss = lossSum / s.accumulation;
+    if (!Number.isFinite(loss)) throw new Error(`step ${step} (${name}): loss is ${loss}; stopping before the parameters are saved`);
+    losses.push({ step, task: name, loss });
+    if (step % s.logEvery === 0 || step === 1) logger.log({ type: 'train', step, task: name, loss, lr, grad_norm: gradNorm, tokens });
+    progress.update({ step, task: name, loss, lr, tokens });
+    opts.onStep?.({ step, task: name, loss, lr, gradNorm, tokens });
+    if (s.validEvery > 0 && step % s.validEvery === 0 && step < s.steps) await validate(step, false);
+    if (s.saveEvery > 0 && step % s.saveEvery === 0 && step < endStep) save();
+  }
+  if (step >= s.steps) await validate(step, true);
+  save();
+  progress.done();
+  logger.close();
+  return { steps: step, seconds: (Date.now() - t0) / 1000, params, validation, losses, droppedLongCaptions: dropped };
+}
