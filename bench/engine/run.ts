@@ -136,8 +136,10 @@ class Server {
     return reply;
   }
 
-  async time(phase: Phase): Promise<number> {
-    return (await this.request(phase)).seconds as number;
+  /** One timed run: wall-clock seconds and the CPU seconds the process used meanwhile. */
+  async time(phase: Phase): Promise<{ wall: number; cpu: number }> {
+    const r = await this.request(phase);
+    return { wall: r.seconds as number, cpu: r.cpu_seconds as number };
   }
 
   async quit(): Promise<void> {
@@ -238,9 +240,36 @@ interface SideResult {
   label: string;
   first_run_s: Record<Phase, number>;
   times_s: Record<Phase, number[]>;
+  /** CPU seconds (all threads) per timed run: less sensitive to other load than wall time. */
+  cpu_s: Record<Phase, number[]>;
   median_s: Record<Phase, number>;
+  min_s: Record<Phase, number>;
+  median_cpu_s: Record<Phase, number>;
   max_rss_bytes: number;
   info: Record<string, unknown>;
+}
+
+function newSide(label: string, info: Record<string, unknown>): SideResult {
+  const perPhase = <T>(f: () => T): Record<Phase, T> => ({ forward: f(), forward_backward: f() });
+  return {
+    label,
+    first_run_s: perPhase(() => 0),
+    times_s: perPhase(() => []),
+    cpu_s: perPhase(() => []),
+    median_s: perPhase(() => 0),
+    min_s: perPhase(() => 0),
+    median_cpu_s: perPhase(() => 0),
+    max_rss_bytes: 0,
+    info,
+  };
+}
+
+function finish(side: SideResult): void {
+  for (const phase of PHASES) {
+    side.median_s[phase] = median(side.times_s[phase]);
+    side.min_s[phase] = Math.min(...side.times_s[phase]);
+    side.median_cpu_s[phase] = median(side.cpu_s[phase]);
+  }
 }
 
 const GiB = 1024 ** 3;
@@ -265,9 +294,9 @@ async function main(): Promise<void> {
 
   const shapeArgs = ['--layers', String(o.layers), '--batch', String(o.batch), '--seq', String(o.seq)];
   const { server: engine, ready: engineReady } = await Server.start('engine worker', process.execPath, [WORKER, 'serve', ...shapeArgs, '--threads', String(o.ortThreads)]);
-  const eng: SideResult = { label: `engine (ORT, ${o.ortThreads} threads)`, first_run_s: { forward: 0, forward_backward: 0 }, times_s: { forward: [], forward_backward: [] }, median_s: { forward: 0, forward_backward: 0 }, max_rss_bytes: 0, info: engineReady };
+  const eng = newSide(`engine (ORT, ${o.ortThreads} threads)`, engineReady);
   for (const phase of PHASES) {
-    eng.first_run_s[phase] = await engine.time(phase); // includes ORT session creation
+    eng.first_run_s[phase] = (await engine.time(phase)).wall; // includes ORT session creation
     for (let i = 1; i < o.warmup; i++) await engine.time(phase);
   }
 
@@ -276,9 +305,9 @@ async function main(): Promise<void> {
     const env = { ...process.env, OPENBLAS_NUM_THREADS: String(setting.blas), OMP_NUM_THREADS: String(setting.threads) };
     const label = `PyTorch threads=${setting.threads} OpenBLAS=${setting.blas}`;
     const { server: torch, ready } = await Server.start(label, o.python, [path.join(root, 'bench/engine/torch_baseline.py'), 'serve', ...shapeArgs, '--threads', String(setting.threads)], env);
-    const side: SideResult = { label, first_run_s: { forward: 0, forward_backward: 0 }, times_s: { forward: [], forward_backward: [] }, median_s: { forward: 0, forward_backward: 0 }, max_rss_bytes: 0, info: { ...ready, setting } };
+    const side = newSide(label, { ...ready, setting });
     for (const phase of PHASES) {
-      side.first_run_s[phase] = await torch.time(phase);
+      side.first_run_s[phase] = (await torch.time(phase)).wall;
       for (let i = 1; i < o.warmup; i++) await torch.time(phase);
     }
     for (let r = 0; r < o.rounds; r++) {
@@ -288,18 +317,22 @@ async function main(): Promise<void> {
         for (const s of order) {
           await pause(200);
           const t = await s.time(phase);
-          (s === engine ? eng : side).times_s[phase].push(t);
+          const target = s === engine ? eng : side;
+          target.times_s[phase].push(t.wall);
+          target.cpu_s[phase].push(t.cpu);
         }
       }
-      process.stdout.write(`  ${label} round ${r + 1}/${o.rounds}: engine ${fmt(eng.times_s.forward.at(-1)!)} / ${fmt(eng.times_s.forward_backward.at(-1)!)}, torch ${fmt(side.times_s.forward.at(-1)!)} / ${fmt(side.times_s.forward_backward.at(-1)!)}\n`);
+      process.stdout.write(
+        `  ${label} round ${r + 1}/${o.rounds}: engine ${fmt(eng.times_s.forward.at(-1)!)} / ${fmt(eng.times_s.forward_backward.at(-1)!)}, torch ${fmt(side.times_s.forward.at(-1)!)} / ${fmt(side.times_s.forward_backward.at(-1)!)} (load ${load()[0]})\n`,
+      );
     }
     side.max_rss_bytes = (await torch.request('rss')).max_rss_bytes as number;
-    for (const phase of PHASES) side.median_s[phase] = median(side.times_s[phase]);
+    finish(side);
     torchSides.push(side);
     await torch.quit();
   }
   eng.max_rss_bytes = (await engine.request('rss')).max_rss_bytes as number;
-  for (const phase of PHASES) eng.median_s[phase] = median(eng.times_s[phase]);
+  finish(eng);
   await engine.quit();
 
   // Peak RSS of forward+backward alone (its own process: one warm-up and one timed run).
@@ -320,6 +353,8 @@ async function main(): Promise<void> {
       torch_fastest_median_s: best.median_s[phase],
       speedup: best.median_s[phase] / eng.median_s[phase],
       speedup_paired_median: median(paired),
+      speedup_min: best.min_s[phase] / eng.min_s[phase],
+      speedup_cpu_seconds: best.median_cpu_s[phase] / eng.median_cpu_s[phase],
       target: phase === 'forward' ? 2 : 1.3,
     };
   });
@@ -329,9 +364,16 @@ async function main(): Promise<void> {
     forward_backward_peak_rss_lt_8GiB: fbOnly.max_rss_bytes < 8 * GiB,
   };
 
-  const rows: string[][] = [['side', 'forward median', 'fwd+bwd median', 'first fwd / fwd+bwd', 'peak RSS']];
+  const rows: string[][] = [['side', 'forward median (min)', 'fwd+bwd median (min)', 'CPU-s fwd / fwd+bwd', 'first fwd / fwd+bwd', 'peak RSS']];
   for (const s of [eng, ...torchSides]) {
-    rows.push([s.label, fmt(s.median_s.forward), fmt(s.median_s.forward_backward), `${fmt(s.first_run_s.forward)} / ${fmt(s.first_run_s.forward_backward)}`, `${(s.max_rss_bytes / GiB).toFixed(2)} GiB`]);
+    rows.push([
+      s.label,
+      `${fmt(s.median_s.forward)} (${fmt(s.min_s.forward)})`,
+      `${fmt(s.median_s.forward_backward)} (${fmt(s.min_s.forward_backward)})`,
+      `${s.median_cpu_s.forward.toFixed(2)} / ${s.median_cpu_s.forward_backward.toFixed(2)}`,
+      `${fmt(s.first_run_s.forward)} / ${fmt(s.first_run_s.forward_backward)}`,
+      `${(s.max_rss_bytes / GiB).toFixed(2)} GiB`,
+    ]);
   }
   const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
   console.log('');
@@ -339,7 +381,7 @@ async function main(): Promise<void> {
   console.log('');
   for (const s of summary) {
     console.log(
-      `${s.phase}: engine ${fmt(s.engine_median_s)} vs ${s.torch_fastest_setting} ${fmt(s.torch_fastest_median_s)} -> ${s.speedup.toFixed(2)}x faster (paired median ${s.speedup_paired_median.toFixed(2)}x; target ${s.target}x: ${s.speedup >= s.target ? 'met' : 'MISSED'})`,
+      `${s.phase}: engine ${fmt(s.engine_median_s)} vs ${s.torch_fastest_setting} ${fmt(s.torch_fastest_median_s)} -> ${s.speedup.toFixed(2)}x (paired median ${s.speedup_paired_median.toFixed(2)}x, min ${s.speedup_min.toFixed(2)}x, CPU-seconds ${s.speedup_cpu_seconds.toFixed(2)}x; target ${s.target}x: ${s.speedup >= s.target ? 'met' : 'MISSED'})`,
     );
   }
   console.log(`peak RSS of forward+backward alone (engine process): ${(fbOnly.max_rss_bytes / GiB).toFixed(2)} GiB (target < 8 GiB: ${targets.forward_backward_peak_rss_lt_8GiB ? 'met' : 'MISSED'})`);

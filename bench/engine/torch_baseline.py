@@ -185,9 +185,9 @@ def serve(args):
         if cmd not in phases:
             print(json.dumps({"error": f"unknown command '{cmd}'"}), flush=True)
             continue
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         phases[cmd]()
-        print(json.dumps({"phase": cmd, "seconds": time.perf_counter() - start}), flush=True)
+        print(json.dumps({"phase": cmd, "seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}), flush=True)
 
 
 def parity(args):

@@ -160,9 +160,11 @@ async function serve(opts: Map<string, string>): Promise<void> {
       continue;
     }
     const start = performance.now();
+    const cpu = process.cpuUsage();
     const out = await programs[cmd].run(feeds);
     const seconds = (performance.now() - start) / 1000;
-    say({ phase: cmd, seconds, outputs: out.size });
+    const used = process.cpuUsage(cpu);
+    say({ phase: cmd, seconds, cpu_seconds: (used.user + used.system) / 1e6, outputs: out.size });
   }
   lines.close();
 }

@@ -9,11 +9,14 @@ async function loadCommands(): Promise<Command[]> {
   // Each entry is imported lazily so that `uniter --help` and light commands start fast.
   const loaders: Array<() => Promise<{ command: Command }>> = [
     // COMMANDS (keep one line per command file)
+    () => import('./finetune.js'),
+    () => import('./evaluate.js'),
     () => import('./data.js'),
     () => import('./world.js'),
     () => import('./convert.js'),
     () => import('./check-golden.js'),
     () => import('./pretrain.js'),
+    () => import('./export-onnx.js'),
   ];
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }

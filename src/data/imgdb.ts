@@ -168,7 +168,7 @@ export class ImgDb implements ImageSource {
           for (const k of readKeys(env, dir)) {
             const conf = decodeValue(env, k, compressed, allDir).conf;
             if (!conf) throw new ImgDbError(`img_db ${allDir}: image "${k}" has no 'conf' array to count boxes with`);
-            name2nbb.set(k, computeNbb(npyToFloat32(conf), o.confTh, o.minBb, o.maxBb));
+            name2nbb.set(k, Math.min(conf.shape[0], computeNbb(npyToFloat32(conf), o.confTh, o.minBb, o.maxBb)));
           }
           return new ImgDb(dir, allDir, compressed, env, name2nbb, null);
         } catch (e) {
@@ -193,17 +193,22 @@ export class ImgDb implements ImageSource {
     return this.name2nbb.has(fname);
   }
 
-  /** Region count used for length bookkeeping (the nbb file, or numBb for a fixed-count store). */
+  /**
+   * Region count used for length bookkeeping: the nbb file, or numBb for a fixed-count store (as
+   * the official reader reports it; `get` returns fewer rows when fewer are stored).
+   */
   nbb(fname: string): number {
     const n = this.name2nbb.get(fname);
     if (n === undefined) throw new ImgDbError(`img_db ${this.envDir}: no image "${fname}"`);
     return n;
   }
 
-  /** Features and boxes of the first nbb regions, as float32. */
+  /** Features and boxes of the first nbb regions, as float32, with the soft labels when stored (MRC needs them). */
   get(fname: string): ImageRecord {
     const { d, nbb, features } = this.load(fname);
-    return { nbb, features, normBb: npyToFloat32(d.normBb).slice(0, nbb * 6) };
+    const rec: ImageRecord = { nbb, features, normBb: npyToFloat32(d.normBb).slice(0, nbb * 6) };
+    if (d.softLabels) rec.softLabels = npyToFloat32(d.softLabels).slice(0, nbb * d.softLabels.shape[1]);
+    return rec;
   }
 
   /** Everything stored for an image (features, boxes, conf, soft labels), first nbb rows, float32. */
@@ -224,10 +229,9 @@ export class ImgDb implements ImageSource {
     const d = this.decode(fname, 'record');
     const where = `img_db ${this.envDir}: image "${fname}"`;
     if (d.features.shape[1] !== this.imgDim) throw new ImgDbError(`${where}: features have width ${d.features.shape[1]}, the store's images have ${this.imgDim}`);
-    const rows = d.features.shape[0];
-    // A fixed-count store keeps all rows when an image has fewer than numBb (as slicing [:nbb] does).
-    if (rows < want && this.fixedNbb === null) throw new ImgDbError(`${where}: ${rows} feature rows stored, the nbb file says ${want}`);
-    const nbb = Math.min(rows, want);
+    // An image with fewer rows than its nbb keeps them all, as the official slicing [:nbb] does
+    // (a fixed-count store, or an image with fewer boxes than min_bb).
+    const nbb = Math.min(d.features.shape[0], want);
     const features = npyToFloat32(d.features).slice(0, nbb * this.imgDim);
     for (let i = 0; i < features.length; i++) {
       if (!Number.isFinite(features[i])) throw new ImgDbError(`${where}: feature row ${Math.floor(i / this.imgDim)} holds ${features[i]} (NaN or infinite)`);

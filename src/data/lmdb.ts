@@ -156,6 +156,9 @@ export class LmdbReader {
       const meta = meta1.txnid > meta0.txnid ? meta1 : meta0;
       const needed = (meta.lastPage + 1) * pageSize;
       if (size < needed) throw new LmdbError(`${file}: truncated LMDB file (${size} bytes, last page ${meta.lastPage} needs ${needed})`);
+      if (meta.main.root !== P_INVALID && (meta.main.root < 2n || meta.main.root > BigInt(meta.lastPage))) {
+        throw new LmdbError(`${file}: root page ${meta.main.root} lies outside pages 2..${meta.lastPage} (corrupt file)`);
+      }
       if (meta.main.flags & UNSUPPORTED_DB_FLAGS) {
         throw new LmdbError(`${file}: main database flags 0x${meta.main.flags.toString(16)} (duplicate or integer keys) are not supported; expected a plain byte-keyed table`);
       }
@@ -279,6 +282,7 @@ export class LmdbReader {
     const ksize = page.readUInt16LE(off + 6);
     const dataAt = off + NODE_HEADER + ksize;
     if (nflags & F_DUPDATA) throw new LmdbError(`${this.file}: key ${showKey(key)} has duplicate values (not supported)`);
+    if (nflags & F_SUBDATA) throw new LmdbError(`${this.file}: key ${showKey(key)} names a sub-database, not a value (not supported)`);
     if (!(nflags & F_BIGDATA)) {
       if (dataAt + dsize > this.pageSize) throw new LmdbError(`${this.file}: key ${showKey(key)}: value of ${dsize} bytes overruns its page (corrupt file)`);
       return new Uint8Array(page.subarray(dataAt, dataAt + dsize));

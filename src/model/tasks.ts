@@ -5,10 +5,12 @@
  * computing on the host the few index tensors that stand in for masked_select.
  */
 import {
+  Dim,
   Graph,
   Tensor,
   add,
   cast,
+  dimAdd,
   div,
   equal,
   expand,
@@ -22,6 +24,7 @@ import {
   mul,
   reshape,
   scalar,
+  scatterAdd,
   slice,
   squeeze,
   sub,
@@ -234,12 +237,17 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
     }
     case 're_mlp1':
     case 're_mlp2': {
-      // image_hidden = seq[i, tl_i : tl_i + nbb_i], zero-padded: gathered with host-computed positions.
-      const imgPositions = g.input('re_img_positions', 'int64', ['B', 'N']);
+      // image_hidden = seq[i, tl_i : tl_i + nbb_i], zero-padded. Training gathers it with
+      // host-computed positions; inference graphs derive it from the official batch fields alone.
       const objMasks = g.input('obj_masks', 'bool', ['B', 'N']);
-      const idx = expand(unsqueeze(imgPositions, [-1]), ['B', 'N', cfg.hidden_size]);
       const valid = unsqueeze(cast(greater(scalar(g, 1, 'float32'), cast(objMasks, 'float32')), 'float32'), [-1]);
-      const imageHidden = mul(gatherElements(seq, idx, 1), valid);
+      let regions: Tensor;
+      if (infer) regions = regionRows(seq, inp.gather_index, inp.attn_masks, inp.input_ids.shape[1], inp.img_feat.shape[1]);
+      else {
+        const imgPositions = g.input('re_img_positions', 'int64', ['B', 'N']);
+        regions = gatherElements(seq, expand(unsqueeze(imgPositions, [-1]), ['B', 'N', cfg.hidden_size]), 1);
+      }
+      const imageHidden = mul(regions, valid);
       out.image_hidden = imageHidden;
       const raw =
         task === 're_mlp1'
@@ -297,6 +305,20 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
     });
   }
   return { graph: g, outputs: out, specs, params };
+}
+
+/**
+ * The encoder outputs of the regions, in region order [B, N, H]: gather_index read backwards.
+ * Slot j of row i came from position gather_index[i, j] of cat(text [Lt], regions [N]), so adding
+ * each live slot (attn_masks 1) at that position and keeping positions Lt.. recovers
+ * seq[i, tl_i + k] for k < nbb_i; padding slots are zeroed first, so they add nothing.
+ */
+function regionRows(seq: Tensor, gatherIndex: Tensor, attnMasks: Tensor, Lt: Dim, N: Dim): Tensor {
+  const [B, Lj, H] = seq.shape;
+  const live = mul(seq, unsqueeze(cast(attnMasks, 'float32'), [-1]));
+  const width = dimAdd(Lt, N);
+  const byPosition = scatterAdd(expand(scalar(seq.graph, 0), [B, width, H]), expand(unsqueeze(gatherIndex, [-1]), [B, Lj, H]), live, 1);
+  return slice(byPosition, 1, Lt, width);
 }
 
 /** re_output for mlp=2: Linear(H, H) -> GELU -> LayerNorm -> Linear(H, 1). */
@@ -371,16 +393,14 @@ export function prepareFeeds(task: TaskName, batch: Batch, opts: { inference?: b
     case 're_mlp2': {
       const obj = need('obj_masks');
       feeds.set('obj_masks', obj);
+      if (inf) break; // inference graphs find the regions from gather_index themselves
       const [B, N] = obj.shape;
       const { txtLens } = rowLengths(batch);
       const Lj = need('attn_masks').shape[1];
       const pos: number[] = [];
       for (let b = 0; b < B; b++) for (let k = 0; k < N; k++) pos.push(Math.min(txtLens[b] + k, Lj - 1));
       feeds.set('re_img_positions', i64([B, N], pos));
-      if (!inf) {
-        const t = need('targets');
-        feeds.set('re_targets', i64([B], toNumbers(t)));
-      }
+      feeds.set('re_targets', i64([B], toNumbers(need('targets'))));
       break;
     }
     case 'retrieval':

@@ -16,7 +16,16 @@ export async function showWhatItLearned(result: PretrainResult, d: EmbeddedDefau
   const tok = defaultTokenizer();
   const runner = new UniterRunner(d.model, result.params);
   const val = d.val[0];
-  const ids = val.txt.ids().slice(0, 4);
+  // One caption from each of four different images, so "another image" really is another one.
+  const ids: string[] = [];
+  const seen = new Set<string>();
+  for (const id of val.txt.ids()) {
+    const f = String(val.txt.get(id).img_fname);
+    if (seen.has(f)) continue;
+    seen.add(f);
+    ids.push(id);
+    if (ids.length === 4) break;
+  }
   say('\nwhat it learned (held-out images and captions):');
   // MLM: mask one content word per caption and let the model fill it in.
   const mlm = new MlmDataset(val.txt, val.img, { ids });
@@ -37,8 +46,8 @@ export async function showWhatItLearned(result: PretrainResult, d: EmbeddedDefau
   });
   // ITM: each caption with its own image and with another image.
   const itm = new ItmDataset(val.txt, val.img, { ids, ot: true });
-  const pool = itm.imagePool;
-  const rows = ids.flatMap((_, i) => [itm.pairExample(i, pool[i % pool.length], 1), itm.pairExample(i, pool[(i + 1) % pool.length], 0)]);
+  const own = ids.map((id) => String(val.txt.get(id).img_fname));
+  const rows = ids.flatMap((_, i) => [itm.pairExample(i, own[i], 1), itm.pairExample(i, own[(i + 1) % own.length], 0)]);
   const itmOut = await runner.run('itm', itm.collate(rows), { training: false, grads: false, ot: otOptions(d.settings) });
   const s = itmOut.get('itm_scores')!.data as Float32Array;
   const dist = itmOut.get('ot_dist')!.data as Float32Array;

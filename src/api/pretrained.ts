@@ -1,0 +1,87 @@
+/**
+ * from_pretrained for a local model folder: `config.json` + `model.safetensors` (the layout that
+ * `uniter convert` and the trainers write). Weights are matched by official name with the
+ * official rules (see model/load.ts); what an inference graph reads must all come from the
+ * folder, and a config that does not describe the weights is an error naming both files.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { HostTensor } from '../engine/host.js';
+import { UniterConfig, loadConfig } from '../model/config.js';
+import { LoadReport, loadNonStrict, readWeightsAny } from '../model/load.js';
+import { allSpecs } from '../model/params.js';
+import { TaskGraph, buildTaskGraph, headOf } from '../model/tasks.js';
+import { ResolvedTask, ScoringTask, Shapes, TaskRequest, headsInWeights, resolveTask } from './tasks.js';
+
+export const CONFIG_FILE = 'config.json';
+export const WEIGHTS_FILE = 'model.safetensors';
+
+export interface LoadPretrainedOptions {
+  /** Task to run; default: the most specific head the weights hold. */
+  task?: TaskRequest;
+}
+
+export interface PretrainedModel {
+  dir: string;
+  config: UniterConfig;
+  task: ScoringTask;
+  /** VQA/VE head width. */
+  numAnswers?: number;
+  /**
+   * Every parameter the task's head specs name, by primary official name. Those the inference
+   * graph reads come from the folder; others (e.g. the MLM head next to ITM) are zero if absent.
+   */
+  params: Map<string, HostTensor>;
+  /** The inference graph (no targets, no loss) for `task`. */
+  graph: TaskGraph;
+  /** Heads the weights hold, most specific first. */
+  heads: ScoringTask[];
+  report: LoadReport;
+}
+
+function zeros(shape: number[]): HostTensor {
+  return { dtype: 'float32', shape: [...shape], data: new Float32Array(shape.reduce((a, b) => a * b, 1)) };
+}
+
+/** Load a model folder for inference on one task. */
+export function loadPretrained(dir: string, opts: LoadPretrainedOptions = {}): PretrainedModel {
+  if (!fs.existsSync(dir)) throw new Error(`model folder '${dir}' does not exist`);
+  if (!fs.statSync(dir).isDirectory()) {
+    throw new Error(`'${dir}' is a file; expected a model folder with ${CONFIG_FILE} and ${WEIGHTS_FILE} (convert a PyTorch checkpoint with 'uniter convert IN.pt OUT_DIR')`);
+  }
+  const configFile = path.join(dir, CONFIG_FILE);
+  const weightsFile = path.join(dir, WEIGHTS_FILE);
+  for (const f of [configFile, weightsFile]) {
+    if (!fs.existsSync(f)) throw new Error(`model folder '${dir}' has no ${path.basename(f)} (a model folder holds ${CONFIG_FILE} + ${WEIGHTS_FILE}, as 'uniter convert' and the trainers write it)`);
+  }
+  const config = loadConfig(configFile);
+  const source = readWeightsAny(dir);
+  const shapes: Shapes = new Map([...source].map(([k, t]) => [k, t.shape]));
+  const resolved: ResolvedTask = resolveTask(opts.task, shapes, config, weightsFile);
+  const { task, numAnswers } = resolved;
+
+  const params = new Map<string, HostTensor>();
+  for (const s of allSpecs(config, headOf(task), { numAnswers })) params.set(s.name, zeros(s.shape));
+  let report: LoadReport;
+  try {
+    report = loadNonStrict(params, source, weightsFile);
+  } catch (e) {
+    throw new Error(`${(e as Error).message} (the model's shapes come from ${configFile}: does it describe these weights?)`);
+  }
+  // Body tensors the config has no place for (e.g. more encoder layers) mean the config is wrong;
+  // tensors of other heads are fine to leave out.
+  const strayBody = report.unexpected.filter((n) => n.startsWith('uniter.'));
+  if (strayBody.length) {
+    throw new Error(`${weightsFile} holds ${strayBody.length} model tensor(s) that ${configFile} does not describe (e.g. '${strayBody[0]}'; num_hidden_layers is ${config.num_hidden_layers}): the config does not match the weights`);
+  }
+  const graph = buildTaskGraph(config, task, { training: false, grads: false, inference: true, numAnswers });
+  const loaded = new Set(report.loaded);
+  const lacking = graph.params.filter((n) => !loaded.has(n));
+  if (lacking.length) {
+    const held = headsInWeights(shapes, config).map((h) => h.task);
+    throw new Error(
+      `${weightsFile} lacks ${lacking.length} tensor(s) that task '${task}' needs: ${lacking.slice(0, 5).join(', ')}${lacking.length > 5 ? ', ...' : ''} (heads in this folder: ${held.length ? held.join(', ') : 'none'})`,
+    );
+  }
+  return { dir, config, task, numAnswers, params, graph, heads: headsInWeights(shapes, config).map((h) => h.task), report };
+}

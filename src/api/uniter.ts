@@ -1,0 +1,143 @@
+/**
+ * The friendly face of the library: load a model folder, turn texts and region features into
+ * official batches, and get scores back as plain arrays. A thin layer over UniterRunner (the
+ * compiled inference graph is cached, so batches of any size reuse one session).
+ */
+import type { Batch } from '../data/types.js';
+import { BertTokenizer, defaultTokenizer } from '../data/tokenizer.js';
+import type { HostTensor } from '../engine/host.js';
+import { toNumbers } from '../engine/host.js';
+import type { UniterConfig } from '../model/config.js';
+import type { LoadReport } from '../model/load.js';
+import { UniterRunner } from '../model/runner.js';
+import { ModelInput, collateInputs } from './inputs.js';
+import { LoadPretrainedOptions, PretrainedModel, loadPretrained } from './pretrained.js';
+import { SCORE_OUTPUT, ScoringTask } from './tasks.js';
+
+export interface FromPretrainedOptions extends LoadPretrainedOptions {
+  /** ONNX Runtime intra-op threads (default: all cores). */
+  threads?: number;
+  /** WordPiece vocabulary (default: the bundled bert-base-cased). */
+  vocabFile?: string;
+}
+
+/** A batch already collated, or plain inputs to collate for the model's task. */
+export type BatchOrInputs = Batch | readonly ModelInput[];
+
+const CLASSIFIERS: readonly ScoringTask[] = ['vqa', 've', 'nlvr2_paired', 'nlvr2_paired_attn', 'nlvr2_triplet', 'vcr'];
+
+function rowsOf(t: HostTensor): number[][] {
+  const [n, c] = t.shape;
+  const v = toNumbers(t);
+  return Array.from({ length: n }, (_, i) => v.slice(i * c, (i + 1) * c));
+}
+
+function argmax(xs: readonly number[]): number {
+  let best = 0;
+  for (let i = 1; i < xs.length; i++) if (xs[i] > xs[best]) best = i;
+  return best;
+}
+
+export class Uniter {
+  private readonly runner: UniterRunner;
+
+  private constructor(
+    private readonly model: PretrainedModel,
+    readonly tokenizer: BertTokenizer,
+    threads?: number,
+  ) {
+    this.runner = new UniterRunner(model.config, model.params, threads);
+  }
+
+  /** Load `dir` (config.json + model.safetensors) for one task (default: the head the weights hold). */
+  static fromPretrained(dir: string, opts: FromPretrainedOptions = {}): Uniter {
+    const model = loadPretrained(dir, { task: opts.task });
+    const tokenizer = opts.vocabFile ? BertTokenizer.load(opts.vocabFile) : defaultTokenizer();
+    return new Uniter(model, tokenizer, opts.threads);
+  }
+
+  get task(): ScoringTask {
+    return this.model.task;
+  }
+
+  get config(): UniterConfig {
+    return this.model.config;
+  }
+
+  /** VQA/VE: number of answers (columns of `answer`). */
+  get numAnswers(): number | undefined {
+    return this.model.numAnswers;
+  }
+
+  /** Heads the folder's weights hold (any of them can be loaded with fromPretrained({task})). */
+  get heads(): readonly ScoringTask[] {
+    return this.model.heads;
+  }
+
+  /** What was loaded, missing (left zero, unused by this task) and ignored. */
+  get loadReport(): LoadReport {
+    return this.model.report;
+  }
+
+  /** The official batch for this model's task. */
+  collate(inputs: readonly ModelInput[]): Batch {
+    return collateInputs(this.task, inputs, this.tokenizer, this.config);
+  }
+
+  /** Every output of the inference graph by official name (scores, pooled_output, sequence_output). */
+  async forward(batch: BatchOrInputs): Promise<Map<string, HostTensor>> {
+    const b = Array.isArray(batch) ? this.collate(batch as readonly ModelInput[]) : (batch as Batch);
+    return this.runner.run(this.task, b, { training: false, grads: false, inference: true, numAnswers: this.numAnswers });
+  }
+
+  /** The task's score tensor (itm_scores, answer_scores, scores or rank_scores). */
+  async scores(batch: BatchOrInputs): Promise<HostTensor> {
+    return (await this.forward(batch)).get(SCORE_OUTPUT[this.task])!;
+  }
+
+  /** ITM: probability that each text matches its image (softmax of itm_scores, column 1). */
+  async scoreItm(batch: BatchOrInputs): Promise<number[]> {
+    this.expect(['itm'], 'scoreItm');
+    return rowsOf(await this.scores(batch)).map(([no, yes]) => {
+      const m = Math.max(no, yes);
+      return Math.exp(yes - m) / (Math.exp(no - m) + Math.exp(yes - m));
+    });
+  }
+
+  /**
+   * Classifier logits, one row per question / statement / candidate: VQA [numAnswers], VE
+   * [contradiction, entailment, neutral], NLVR2 [false, true], VCR [wrong, right] per candidate row.
+   */
+  async answer(batch: BatchOrInputs): Promise<number[][]> {
+    this.expect(CLASSIFIERS, 'answer');
+    return rowsOf(await this.scores(batch));
+  }
+
+  /** Referring expressions: per row, one score per real region (padding dropped). */
+  async refexp(batch: BatchOrInputs): Promise<number[][]> {
+    this.expect(['re_mlp1', 're_mlp2'], 'refexp');
+    const b = Array.isArray(batch) ? this.collate(batch as readonly ModelInput[]) : (batch as Batch);
+    const pad = b.get('obj_masks');
+    if (!pad) throw new Error("refexp: batch lacks field 'obj_masks' (build it with reCollate or collate())");
+    const scores = rowsOf(await this.scores(b));
+    const n = pad.shape[1];
+    return scores.map((r, i) => r.filter((_, k) => !pad.data[i * n + k]));
+  }
+
+  /** Retrieval: the rank score of each (text, image) row; higher = better match. */
+  async rank(batch: BatchOrInputs): Promise<number[]> {
+    this.expect(['retrieval'], 'rank');
+    return toNumbers(await this.scores(batch));
+  }
+
+  /** The arg-max class (VQA answer label, VE class, NLVR2 label) or region (refexp) per example. */
+  async predict(batch: BatchOrInputs): Promise<number[]> {
+    if (this.task === 're_mlp1' || this.task === 're_mlp2') return (await this.refexp(batch)).map(argmax);
+    this.expect(CLASSIFIERS.filter((t) => t !== 'vcr'), 'predict');
+    return (await this.answer(batch)).map(argmax);
+  }
+
+  private expect(tasks: readonly ScoringTask[], method: string): void {
+    if (!tasks.includes(this.task)) throw new Error(`${method}() needs a model loaded for ${tasks.join(' / ')}; this one runs '${this.task}' (load it with fromPretrained(dir, {task}))`);
+  }
+}

@@ -1,0 +1,103 @@
+/** `uniter export-onnx`: a model folder -> a standalone ONNX scoring graph (+ JSON sidecar). */
+import { ExportResult, exportOnnx } from '../export/export.js';
+import { MAX_OPSET, MIN_OPSET } from '../export/onnx-file.js';
+import { TASK_REQUESTS, TaskRequest } from '../api/tasks.js';
+import { parseArgs } from './args.js';
+import type { Command } from './main.js';
+
+const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head paired-attn|paired|triplet] [--re-mlp 1|2]
+      [--pooled-output] [--opset N] [--external-data] [--verify]
+  DIR is a model folder (config.json + model.safetensors, as 'uniter convert' and the trainers write).
+  --task            itm | vqa | ve | nlvr2 | refexp | retrieval | vcr (default: the head the weights hold;
+                    nlvr2 and refexp take the variant the weights hold)
+  --nlvr2-head      NLVR2 head variant (default: the one the weights hold, paired-attn in the paper's setup)
+  --re-mlp          referring-expression head: 1 (Linear) or 2 (MLP, the RefCOCO+ setup)
+  --pooled-output   also output pooled_output (not for the paired-attn NLVR2 and RE heads)
+  --opset N         opset to stamp, ${MIN_OPSET}..${MAX_OPSET} (default ${MIN_OPSET})
+  --external-data   weights in OUT.onnx.data (automatic when they exceed the 2 GiB protobuf limit)
+  --verify          run OUT.onnx in a fresh ONNX Runtime session on generated batches of two sizes and
+                    compare with the library's outputs (|diff| <= 1e-5 x max(1, |value|)); exit 1 if not
+  Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically.`;
+
+const NLVR2_HEADS: Record<string, TaskRequest> = { 'paired-attn': 'nlvr2_paired_attn', paired: 'nlvr2_paired', triplet: 'nlvr2_triplet' };
+const RE_HEADS: Record<string, TaskRequest> = { '1': 're_mlp1', '2': 're_mlp2' };
+
+/** The task the flags ask for, or an error message. */
+function taskFromFlags(task: string | undefined, nlvr2Head: string | undefined, reMlp: string | undefined): TaskRequest | undefined | { error: string } {
+  if (task !== undefined && !TASK_REQUESTS.includes(task as TaskRequest)) return { error: `unknown task '${task}' (expected itm, vqa, ve, nlvr2, refexp, retrieval or vcr)` };
+  if (nlvr2Head !== undefined) {
+    if (!(nlvr2Head in NLVR2_HEADS)) return { error: `--nlvr2-head must be one of ${Object.keys(NLVR2_HEADS).join(', ')}, got '${nlvr2Head}'` };
+    if (task !== undefined && task !== 'nlvr2' && task !== NLVR2_HEADS[nlvr2Head]) return { error: `--nlvr2-head only applies to --task nlvr2` };
+    return NLVR2_HEADS[nlvr2Head];
+  }
+  if (reMlp !== undefined) {
+    if (!(reMlp in RE_HEADS)) return { error: `--re-mlp must be 1 or 2, got '${reMlp}'` };
+    if (task !== undefined && task !== 'refexp' && task !== RE_HEADS[reMlp]) return { error: `--re-mlp only applies to --task refexp` };
+    return RE_HEADS[reMlp];
+  }
+  return task as TaskRequest | undefined;
+}
+
+function describe(r: ExportResult): string {
+  const lines: string[] = [];
+  const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
+  const where = r.dataFile ? `weights in ${r.dataFile}` : 'weights inside';
+  lines.push(`wrote ${r.file}: task ${r.task}, opset ${r.written.opset}, ${r.written.weightCount} weight tensors (${mb(r.written.weightBytes)}, ${where})`);
+  const io = (x: { name: string; dtype: string; shape: Array<string | number> }) => `${x.name} ${x.dtype} [${x.shape.join(', ')}]`;
+  lines.push(`  inputs:  ${r.inputs.map(io).join(', ')}`);
+  lines.push(`  outputs: ${r.outputs.map(io).join(', ')}`);
+  lines.push(`  sidecar: ${r.sidecarFile}`);
+  const v = r.verification;
+  if (v) {
+    for (const c of v.cases) {
+      const dims = Object.entries(c.dims).map(([k, n]) => `${k}=${n}`).join(' ');
+      lines.push(`  verify ${c.output.padEnd(14)} ${dims.padEnd(24)} max |diff| ${c.maxAbsDiff.toExponential(2)} ${c.ok ? 'ok' : 'MISMATCH'}`);
+    }
+    lines.push(v.ok ? `verified: the ONNX file matches the library (tolerance ${v.tolerance})` : `verification FAILED: outputs differ by more than ${v.tolerance}`);
+  }
+  return lines.join('\n');
+}
+
+export const command: Command = {
+  name: 'export-onnx',
+  summary: 'export a model folder as a standalone ONNX scoring graph (itm, vqa, ve, nlvr2, refexp, retrieval, vcr)',
+  async run(argv: string[]): Promise<number> {
+    let parsed;
+    try {
+      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify'] }, USAGE);
+    } catch (e) {
+      console.error(`uniter export-onnx: ${(e as Error).message}`);
+      return 2;
+    }
+    const usage = (msg: string) => {
+      console.error(`uniter export-onnx: ${msg}\nusage: uniter ${USAGE}`);
+      return 2;
+    };
+    const checkpoint = parsed.string.checkpoint;
+    if (!checkpoint) return usage('--checkpoint DIR is required');
+    if (parsed.positional.length !== 1) return usage(`expected one output path (OUT.onnx), got ${parsed.positional.length}`);
+    const task = taskFromFlags(parsed.string.task, parsed.string['nlvr2-head'], parsed.string['re-mlp']);
+    if (typeof task === 'object') return usage(task.error);
+    let opset: number | undefined;
+    if (parsed.string.opset !== undefined) {
+      opset = Number(parsed.string.opset);
+      if (!Number.isInteger(opset)) return usage(`--opset must be an integer, got '${parsed.string.opset}'`);
+    }
+    try {
+      const r = await exportOnnx({
+        checkpoint,
+        out: parsed.positional[0],
+        task,
+        opset,
+        pooledOutput: parsed.boolean['pooled-output'] === true,
+        externalData: parsed.boolean['external-data'] === true ? true : 'auto',
+        verify: parsed.boolean.verify === true,
+      });
+      console.log(describe(r));
+      return r.verification && !r.verification.ok ? 1 : 0;
+    } catch (e) {
+      console.error(`uniter export-onnx: ${(e as Error).message}`);
+      return 1;
+    }
+  },
+};
