@@ -4,7 +4,7 @@
  * in PyTorch eager, both on the CPU in float32.
  *
  *   npm run build && node dist/bench/engine/run.js [--rounds 5] [--warmup 2] [--layers 12]
- *        [--batch 8] [--seq 128] [--ort-threads 2] [--torch-settings 1x2,2x2,2x1]
+ *        [--batch 8] [--seq 128] [--ort-threads 2] [--torch-settings 1x2,2x2]
  *        [--python /usr/bin/python3] [--no-parity] [--out bench/engine/results.json]
  *
  * Both sides run as long-lived child processes that time one run per request; requests
@@ -13,26 +13,16 @@
  * torch.set_num_threads(A) with OPENBLAS_NUM_THREADS=B. Before timing, a parity check runs
  * a 2-layer version through both and compares outputs and every weight gradient.
  */
-import { ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as readline from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { HostTensor, readSafetensors } from '../../src/engine/index.js';
 import { writeFileAtomic } from '../../src/util/atomic.js';
+import { GiB, Server, formatTable, loadAverage, machineInfo, median, pause, repoRoot, runChild } from '../harness.js';
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const WORKER = path.join(HERE, 'worker.js');
-
-/** The repository root: the nearest directory above the working directory holding the package. */
-function repoRoot(): string {
-  for (let dir = process.cwd(); ; dir = path.dirname(dir)) {
-    const pkg = path.join(dir, 'package.json');
-    if (fs.existsSync(pkg) && (JSON.parse(fs.readFileSync(pkg, 'utf8')) as { name?: string }).name === 'uniter-ts') return dir;
-    if (path.dirname(dir) === dir) throw new Error(`bench: run from inside the uniter-ts repository (no package.json named uniter-ts above ${process.cwd()})`);
-  }
-}
 
 interface Options {
   rounds: number;
@@ -58,7 +48,6 @@ function parseOptions(argv: string[], root: string): Options {
     torchSettings: [
       { threads: 1, blas: 2 },
       { threads: 2, blas: 2 },
-      { threads: 2, blas: 1 },
     ],
     python: '/usr/bin/python3',
     parity: true,
@@ -97,81 +86,12 @@ function parseOptions(argv: string[], root: string): Options {
   return o;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Child processes that answer one JSON line per request line
-
-class Server {
-  private readonly lines: AsyncIterableIterator<string>;
-  private stderr = '';
-  private constructor(
-    readonly label: string,
-    private readonly child: ChildProcessWithoutNullStreams,
-  ) {
-    this.lines = readline.createInterface({ input: child.stdout })[Symbol.asyncIterator]();
-    child.stderr.on('data', (d: Buffer) => (this.stderr = (this.stderr + d.toString()).slice(-4000)));
-  }
-
-  static async start(label: string, cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ server: Server; ready: Record<string, unknown> }> {
-    const child = spawn(cmd, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    const server = new Server(label, child);
-    const ready = await server.next();
-    if (ready.ready !== true) throw new Error(`${label}: unexpected first line ${JSON.stringify(ready)}`);
-    return { server, ready };
-  }
-
-  private async next(): Promise<Record<string, unknown>> {
-    const r = await this.lines.next();
-    if (r.done) throw new Error(`${this.label} exited unexpectedly; stderr:\n${this.stderr}`);
-    try {
-      return JSON.parse(r.value) as Record<string, unknown>;
-    } catch {
-      throw new Error(`${this.label}: not JSON: ${r.value}\nstderr:\n${this.stderr}`);
-    }
-  }
-
-  async request(cmd: string): Promise<Record<string, unknown>> {
-    this.child.stdin.write(`${cmd}\n`);
-    const reply = await this.next();
-    if (reply.error) throw new Error(`${this.label}: ${String(reply.error)}`);
-    return reply;
-  }
-
-  /** One timed run: wall-clock seconds and the CPU seconds the process used meanwhile. */
-  async time(phase: Phase): Promise<{ wall: number; cpu: number }> {
-    const r = await this.request(phase);
-    return { wall: r.seconds as number, cpu: r.cpu_seconds as number };
-  }
-
-  async quit(): Promise<void> {
-    const done = new Promise<void>((resolve) => this.child.once('exit', () => resolve()));
-    this.child.stdin.write('quit\n');
-    this.child.stdin.end();
-    await done;
-  }
-}
-
 type Phase = 'forward' | 'forward_backward';
+/** Interleaved runs of the GEMM probe per torch setting. */
+const GEMM_PROBES = 10;
 const PHASES: Phase[] = ['forward', 'forward_backward'];
 
-function runChild(cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    child.on('error', reject);
-    child.on('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited with ${code}:\n${err.slice(-4000)}`))));
-  });
-}
-
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
+export { median };
 
 // ---------------------------------------------------------------------------------------------
 // Parity: the two implementations compute the same numbers
@@ -245,6 +165,8 @@ interface SideResult {
   median_s: Record<Phase, number>;
   min_s: Record<Phase, number>;
   median_cpu_s: Record<Phase, number>;
+  /** Seconds per run of the largest GEMM alone (x [batch*seq, 768] @ W^T [768, 3072], summed). */
+  gemm_s: number[];
   max_rss_bytes: number;
   info: Record<string, unknown>;
 }
@@ -259,6 +181,7 @@ function newSide(label: string, info: Record<string, unknown>): SideResult {
     median_s: perPhase(() => 0),
     min_s: perPhase(() => 0),
     median_cpu_s: perPhase(() => 0),
+    gemm_s: [],
     max_rss_bytes: 0,
     info,
   };
@@ -272,16 +195,14 @@ function finish(side: SideResult): void {
   }
 }
 
-const GiB = 1024 ** 3;
 const fmt = (s: number) => `${s.toFixed(3)} s`;
 
 async function main(): Promise<void> {
   const root = repoRoot();
   const o = parseOptions(process.argv.slice(2), root);
-  const load = () => os.loadavg().map((x) => Number(x.toFixed(2)));
   const started = new Date().toISOString();
-  const loadBefore = load();
-  console.log(`bench/engine: BERT ${o.layers} layers, batch ${o.batch} x ${o.seq}; ${o.rounds} interleaved rounds after ${o.warmup} warm-up runs; load ${loadBefore.join(' ')}`);
+  const machine = machineInfo(root);
+  console.log(`bench/engine: BERT ${o.layers} layers, batch ${o.batch} x ${o.seq}; ${o.rounds} interleaved rounds after ${o.warmup} warm-up runs; load ${machine.load_before.join(' ')}`);
 
   let parity: ParityReport | null = null;
   if (o.parity) {
@@ -323,8 +244,14 @@ async function main(): Promise<void> {
         }
       }
       process.stdout.write(
-        `  ${label} round ${r + 1}/${o.rounds}: engine ${fmt(eng.times_s.forward.at(-1)!)} / ${fmt(eng.times_s.forward_backward.at(-1)!)}, torch ${fmt(side.times_s.forward.at(-1)!)} / ${fmt(side.times_s.forward_backward.at(-1)!)} (load ${load()[0]})\n`,
+        `  ${label} round ${r + 1}/${o.rounds}: engine ${fmt(eng.times_s.forward.at(-1)!)} / ${fmt(eng.times_s.forward_backward.at(-1)!)}, torch ${fmt(side.times_s.forward.at(-1)!)} / ${fmt(side.times_s.forward_backward.at(-1)!)} (load ${loadAverage()[0]})\n`,
       );
+    }
+    for (let r = 0; r < GEMM_PROBES; r++) {
+      for (const s of r % 2 === 0 ? [engine, torch] : [torch, engine]) {
+        await pause(50);
+        (s === engine ? eng : side).gemm_s.push((await s.time('gemm')).wall);
+      }
     }
     side.max_rss_bytes = (await torch.request('rss')).max_rss_bytes as number;
     finish(side);
@@ -358,6 +285,9 @@ async function main(): Promise<void> {
       target: phase === 'forward' ? 2 : 1.3,
     };
   });
+  const gemmFlop = 2 * o.batch * o.seq * 768 * 3072;
+  const gflops = (s: SideResult) => Number((gemmFlop / median(s.gemm_s) / 1e9).toFixed(1));
+  const gemmRates = Object.fromEntries([eng, ...torchSides].map((s) => [s.label, gflops(s)]));
   const targets = {
     forward_speedup_ge_2: summary[0].speedup >= 2,
     forward_backward_speedup_ge_1_3: summary[1].speedup >= 1.3,
@@ -375,29 +305,20 @@ async function main(): Promise<void> {
       `${(s.max_rss_bytes / GiB).toFixed(2)} GiB`,
     ]);
   }
-  const widths = rows[0].map((_, c) => Math.max(...rows.map((r) => r[c].length)));
-  console.log('');
-  for (const r of rows) console.log(r.map((cell, c) => cell.padEnd(widths[c])).join('  '));
+  console.log(`\n${formatTable(rows)}`);
   console.log('');
   for (const s of summary) {
     console.log(
       `${s.phase}: engine ${fmt(s.engine_median_s)} vs ${s.torch_fastest_setting} ${fmt(s.torch_fastest_median_s)} -> ${s.speedup.toFixed(2)}x (paired median ${s.speedup_paired_median.toFixed(2)}x, min ${s.speedup_min.toFixed(2)}x, CPU-seconds ${s.speedup_cpu_seconds.toFixed(2)}x; target ${s.target}x: ${s.speedup >= s.target ? 'met' : 'MISSED'})`,
     );
   }
+  console.log(`largest GEMM alone ([${o.batch * o.seq}, 768] @ [768, 3072]), median GFLOP/s: ${Object.entries(gemmRates).map(([k, v]) => `${k} ${v}`).join('; ')}`);
   console.log(`peak RSS of forward+backward alone (engine process): ${(fbOnly.max_rss_bytes / GiB).toFixed(2)} GiB (target < 8 GiB: ${targets.forward_backward_peak_rss_lt_8GiB ? 'met' : 'MISSED'})`);
 
   const results = {
     started,
     finished: new Date().toISOString(),
-    machine: {
-      cpu: os.cpus()[0]?.model,
-      cores: os.cpus().length,
-      memory_gib: Number((os.totalmem() / GiB).toFixed(1)),
-      load_before: loadBefore,
-      load_after: load(),
-      node: process.version,
-      onnxruntime_node: (JSON.parse(fs.readFileSync(path.join(root, 'node_modules/onnxruntime-node/package.json'), 'utf8')) as { version: string }).version,
-    },
+    machine: { ...machine, load_after: loadAverage() },
     workload: { model: 'BERT encoder, post-LN, erf-GELU, LayerNorm eps 1e-12, additive key mask', layers: o.layers, hidden: 768, heads: 12, intermediate: 3072, batch: o.batch, seq: o.seq, dtype: 'float32' },
     method: {
       rounds: o.rounds,
@@ -410,6 +331,7 @@ async function main(): Promise<void> {
     engine: eng,
     torch: torchSides,
     summary,
+    gemm_gflops_median: gemmRates,
     engine_forward_backward_only_peak_rss_bytes: fbOnly.max_rss_bytes,
     targets,
   };

@@ -9,7 +9,7 @@ OPENBLAS_NUM_THREADS environment variable, which must be set before torch is imp
 
   serve  --layers 12 --batch 8 --seq 128 --threads 1
          Builds the model, prints one JSON line {"ready": ...}, then answers each stdin line
-         "forward" | "forward_backward" | "rss" with one JSON line; "quit" ends.
+         "forward" | "forward_backward" | "gemm" | "rss" with one JSON line; "quit" ends.
   parity --dir D
          Reads D/weights.safetensors and D/inputs.safetensors (written by the TypeScript
          worker), writes D/torch_out.safetensors with "output", "loss" and "grad:<name>".
@@ -166,7 +166,15 @@ def serve(args):
         loss.backward()
         return loss
 
-    phases = {"forward": forward, "forward_backward": forward_backward}
+    # The largest GEMM of the model alone (FFN up-projection), as in worker.ts.
+    gemm_x = torch.sin(torch.arange(args.batch * args.seq * 768, dtype=torch.float32)).reshape(-1, 768) * 0.05
+    gemm_w = torch.sin(torch.arange(3072 * 768, dtype=torch.float32)).reshape(3072, 768) * 0.05
+
+    def gemm():
+        with torch.no_grad():
+            return F.linear(gemm_x, gemm_w).sum()
+
+    phases = {"forward": forward, "forward_backward": forward_backward, "gemm": gemm}
     ready = {
         "ready": True,
         "torch": torch.__version__,

@@ -4,7 +4,7 @@
  *
  *   node dist/bench/engine/worker.js serve [--layers 12] [--batch 8] [--seq 128] [--threads 2]
  *        Builds the forward and the forward+backward programs, prints {"ready": ...}, then
- *        answers each stdin line "forward" | "forward_backward" | "rss" with one JSON line
+ *        answers each stdin line "forward" | "forward_backward" | "gemm" | "rss" with one JSON line
  *        ("quit" ends). The same protocol as torch_baseline.py, so the two can be interleaved.
  *   node dist/bench/engine/worker.js time --phase forward|forward_backward [--layers 12]
  *        [--batch 8] [--seq 128] [--warmup 2] [--runs 5] [--threads 2] [--profile <prefix>]
@@ -15,7 +15,8 @@ import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { performance } from 'node:perf_hooks';
 import * as ort from 'onnxruntime-node';
-import { HostTensor, Tensor, compile, writeSafetensors } from '../../src/engine/index.js';
+import { Graph, HostTensor, Tensor, compile, f32, gemm, sumAll, writeSafetensors } from '../../src/engine/index.js';
+import { median } from '../harness.js';
 import { BERT_BASE, BertConfig, bertGradOutputs, bertInputs, buildBert, initBertParams } from './bert.js';
 
 export type Phase = 'forward' | 'forward_backward';
@@ -56,12 +57,6 @@ function intOpt(opts: Map<string, string>, name: string, def: number): number {
   const n = Number(v);
   if (!Number.isInteger(n) || n < 0) throw new Error(`worker: --${name} must be a non-negative integer, got '${v}'`);
   return n;
-}
-
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 async function time(opts: Map<string, string>): Promise<WorkerTiming> {
@@ -124,6 +119,15 @@ async function time(opts: Map<string, string>): Promise<WorkerTiming> {
   };
 }
 
+/** sum(x @ W^T) for x [rows, inner], W [outer, inner]: one GEMM plus a cheap reduction. */
+function buildGemmProbe(rows: number, inner: number, outer: number): { graph: Graph; total: Tensor; feeds: Map<string, HostTensor> } {
+  const graph = new Graph('gemm_probe');
+  const x = graph.input('x', 'float32', [rows, inner]);
+  const w = graph.param('w', [outer, inner]);
+  const fill = (shape: number[]) => f32(shape, Float32Array.from({ length: shape[0] * shape[1] }, (_, i) => Math.sin(i) * 0.05));
+  return { graph, total: sumAll(gemm(x, w, { transB: true })), feeds: new Map([['x', fill([rows, inner])], ['w', fill([outer, inner])]]) };
+}
+
 async function serve(opts: Map<string, string>): Promise<void> {
   const cfg: BertConfig = { ...BERT_BASE, layers: intOpt(opts, 'layers', BERT_BASE.layers) };
   const batch = intOpt(opts, 'batch', 8);
@@ -133,19 +137,23 @@ async function serve(opts: Map<string, string>): Promise<void> {
   // Two graphs: inference needs no backward nodes (and ORT then plans no memory for them).
   const fwd = buildBert(cfg);
   const fwdbwd = buildBert(cfg);
+  const feeds = new Map<string, HostTensor>([...initBertParams(cfg, 1), ...bertInputs(cfg, batch, seq, 2)]);
+  // The largest GEMM of the model alone (FFN up-projection, summed so little comes back to JS):
+  // it tells how much of any difference is the matrix-multiply library's.
+  const gemmProbe = buildGemmProbe(batch * seq, cfg.hidden, cfg.intermediate);
   const programs = {
-    forward: compile(fwd.graph, { output: fwd.output }, { threads }),
-    forward_backward: compile(fwdbwd.graph, { loss: fwdbwd.loss, ...bertGradOutputs(fwdbwd) }, { threads }),
+    forward: { program: compile(fwd.graph, { output: fwd.output }, { threads }), feeds },
+    forward_backward: { program: compile(fwdbwd.graph, { loss: fwdbwd.loss, ...bertGradOutputs(fwdbwd) }, { threads }), feeds },
+    gemm: { program: compile(gemmProbe.graph, { total: gemmProbe.total }, { threads }), feeds: gemmProbe.feeds },
   };
   const build_s = (performance.now() - t0) / 1000;
-  const feeds = new Map<string, HostTensor>([...initBertParams(cfg, 1), ...bertInputs(cfg, batch, seq, 2)]);
   const say = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
   say({
     ready: true,
     config: { ...cfg, batch, seq, threads },
     build_s,
     traced_nodes: { forward: fwd.graph.nodes.length, forward_backward: fwdbwd.graph.nodes.length },
-    onnx_bytes: { forward: programs.forward.model.bytes.length, forward_backward: programs.forward_backward.model.bytes.length },
+    onnx_bytes: { forward: programs.forward.program.model.bytes.length, forward_backward: programs.forward_backward.program.model.bytes.length },
   });
   const lines = readline.createInterface({ input: process.stdin });
   for await (const line of lines) {
@@ -155,13 +163,13 @@ async function serve(opts: Map<string, string>): Promise<void> {
       say({ max_rss_bytes: process.resourceUsage().maxRSS * 1024 });
       continue;
     }
-    if (cmd !== 'forward' && cmd !== 'forward_backward') {
+    if (cmd !== 'forward' && cmd !== 'forward_backward' && cmd !== 'gemm') {
       say({ error: `unknown command '${cmd}'` });
       continue;
     }
     const start = performance.now();
     const cpu = process.cpuUsage();
-    const out = await programs[cmd].run(feeds);
+    const out = await programs[cmd].program.run(programs[cmd].feeds);
     const seconds = (performance.now() - start) / 1000;
     const used = process.cpuUsage(cpu);
     say({ phase: cmd, seconds, cpu_seconds: (used.user + used.system) / 1e6, outputs: out.size });

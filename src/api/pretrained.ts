@@ -7,11 +7,12 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { HostTensor } from '../engine/host.js';
-import { UniterConfig, loadConfig } from '../model/config.js';
+import { UniterConfig, loadConfig, parseConfig } from '../model/config.js';
+import { TRAINER_FILE } from '../pretrain/checkpoint.js';
 import { LoadReport, loadNonStrict, readWeightsAny } from '../model/load.js';
 import { allSpecs } from '../model/params.js';
 import { TaskGraph, buildTaskGraph, headOf } from '../model/tasks.js';
-import { ResolvedTask, ScoringTask, Shapes, TaskRequest, headsInWeights, resolveTask } from './tasks.js';
+import { ScoringTask, Shapes, TaskRequest, headsInWeights, resolveTask } from './tasks.js';
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
@@ -43,22 +44,42 @@ function zeros(shape: number[]): HostTensor {
   return { dtype: 'float32', shape: [...shape], data: new Float32Array(shape.reduce((a, b) => a * b, 1)) };
 }
 
-/** Load a model folder for inference on one task. */
+/**
+ * The folder's config: config.json, or in a training checkpoint (OUT/ckpt/step_N) the model
+ * config that trainer.json records under `config.model`.
+ */
+function readFolderConfig(dir: string): { config: UniterConfig; configFile: string } {
+  const configFile = path.join(dir, CONFIG_FILE);
+  if (fs.existsSync(configFile)) return { config: loadConfig(configFile), configFile };
+  const trainerFile = path.join(dir, TRAINER_FILE);
+  if (fs.existsSync(trainerFile)) {
+    let state: { config?: { model?: unknown } } | null;
+    try {
+      state = JSON.parse(fs.readFileSync(trainerFile, 'utf8'));
+    } catch (e) {
+      throw new Error(`${trainerFile}: cannot read trainer state (${(e as Error).message})`);
+    }
+    const model = state?.config?.model;
+    if (model === undefined) throw new Error(`model folder '${dir}' has no ${CONFIG_FILE}, and ${trainerFile} records no model config (field 'config.model')`);
+    return { config: parseConfig(model, `${trainerFile} field 'config.model'`), configFile: trainerFile };
+  }
+  const hint = fs.existsSync(path.join(dir, 'ckpt')) ? ` (a training output directory: pass one of its checkpoints, ${path.join(dir, 'ckpt', 'step_N')})` : ` (a model folder holds ${CONFIG_FILE} + ${WEIGHTS_FILE}, as 'uniter convert' and the trainers write it)`;
+  throw new Error(`model folder '${dir}' has no ${CONFIG_FILE}${hint}`);
+}
+
+/** Load a model folder (or a training checkpoint directory) for inference on one task. */
 export function loadPretrained(dir: string, opts: LoadPretrainedOptions = {}): PretrainedModel {
   if (!fs.existsSync(dir)) throw new Error(`model folder '${dir}' does not exist`);
   if (!fs.statSync(dir).isDirectory()) {
     throw new Error(`'${dir}' is a file; expected a model folder with ${CONFIG_FILE} and ${WEIGHTS_FILE} (convert a PyTorch checkpoint with 'uniter convert IN.pt OUT_DIR')`);
   }
-  const configFile = path.join(dir, CONFIG_FILE);
   const weightsFile = path.join(dir, WEIGHTS_FILE);
-  for (const f of [configFile, weightsFile]) {
-    if (!fs.existsSync(f)) throw new Error(`model folder '${dir}' has no ${path.basename(f)} (a model folder holds ${CONFIG_FILE} + ${WEIGHTS_FILE}, as 'uniter convert' and the trainers write it)`);
-  }
-  const config = loadConfig(configFile);
+  const { config, configFile } = readFolderConfig(dir);
+  if (!fs.existsSync(weightsFile)) throw new Error(`model folder '${dir}' has no ${WEIGHTS_FILE} (a model folder holds ${CONFIG_FILE} + ${WEIGHTS_FILE}, as 'uniter convert' and the trainers write it)`);
   const source = readWeightsAny(dir);
   const shapes: Shapes = new Map([...source].map(([k, t]) => [k, t.shape]));
-  const resolved: ResolvedTask = resolveTask(opts.task, shapes, config, weightsFile);
-  const { task, numAnswers } = resolved;
+  const { task, numAnswers } = resolveTask(opts.task, shapes, config, weightsFile);
+  const heads = headsInWeights(shapes, config).map((h) => h.task);
 
   const params = new Map<string, HostTensor>();
   for (const s of allSpecs(config, headOf(task), { numAnswers })) params.set(s.name, zeros(s.shape));
@@ -78,10 +99,9 @@ export function loadPretrained(dir: string, opts: LoadPretrainedOptions = {}): P
   const loaded = new Set(report.loaded);
   const lacking = graph.params.filter((n) => !loaded.has(n));
   if (lacking.length) {
-    const held = headsInWeights(shapes, config).map((h) => h.task);
     throw new Error(
-      `${weightsFile} lacks ${lacking.length} tensor(s) that task '${task}' needs: ${lacking.slice(0, 5).join(', ')}${lacking.length > 5 ? ', ...' : ''} (heads in this folder: ${held.length ? held.join(', ') : 'none'})`,
+      `${weightsFile} lacks ${lacking.length} tensor(s) that task '${task}' needs: ${lacking.slice(0, 5).join(', ')}${lacking.length > 5 ? ', ...' : ''} (heads in this folder: ${heads.length ? heads.join(', ') : 'none'})`,
     );
   }
-  return { dir, config, task, numAnswers, params, graph, heads: headsInWeights(shapes, config).map((h) => h.task), report };
+  return { dir, config, task, numAnswers, params, graph, heads, report };
 }

@@ -78,7 +78,11 @@ export function resolveTask(request: TaskRequest | undefined, shapes: Shapes, cf
     const hit = heads.find((h) => h.task.startsWith(prefix));
     if (!hit) throw new Error(`${source}: holds no ${request === 'nlvr2' ? 'NLVR2 head (nlvr2_output.weight)' : 'referring-expression head (re_output.weight or re_output.0.weight)'}; heads found: ${held}`);
     task = hit.task;
-  } else task = request;
+  } else {
+    task = request;
+    // A same-shaped head of another variant (paired vs paired-attn nlvr2_output) must not pass for this one.
+    if (task !== 'vqa' && task !== 've' && !heads.some((h) => h.task === task)) throw new Error(`${source}: holds no '${task}' head; heads found: ${held}`);
+  }
   if (task !== 'vqa' && task !== 've') return { task };
   const vqa = shapes.get('vqa_output.3.weight');
   if (!vqa) throw new Error(`${source}: holds no VQA head (vqa_output.3.weight) for task '${task}'; heads found: ${held}`);

@@ -10,6 +10,7 @@ import { toNumbers } from '../engine/host.js';
 import type { UniterConfig } from '../model/config.js';
 import type { LoadReport } from '../model/load.js';
 import { UniterRunner } from '../model/runner.js';
+import { ExportOptions, ExportResult, exportModel } from '../export/export.js';
 import { ModelInput, collateInputs } from './inputs.js';
 import { LoadPretrainedOptions, PretrainedModel, loadPretrained } from './pretrained.js';
 import { SCORE_OUTPUT, ScoringTask } from './tasks.js';
@@ -135,6 +136,11 @@ export class Uniter {
     if (this.task === 're_mlp1' || this.task === 're_mlp2') return (await this.refexp(batch)).map(argmax);
     this.expect(CLASSIFIERS.filter((t) => t !== 'vcr'), 'predict');
     return (await this.answer(batch)).map(argmax);
+  }
+
+  /** Write this model's scoring graph as a standalone ONNX file (see exportOnnx for the options). */
+  async exportOnnx(out: string, opts: Omit<ExportOptions, 'out'> = {}): Promise<ExportResult> {
+    return exportModel(this.model, { ...opts, out });
   }
 
   private expect(tasks: readonly ScoringTask[], method: string): void {

@@ -18,11 +18,12 @@ import { parseArgs } from './args.js';
 import { formatMetrics, intFlag } from './finetune.js';
 import type { Command } from './main.js';
 
-const USAGE = `evaluate TASK --checkpoint DIR [--data DIR] [--config FILE] [--split val|test] [--out DIR] [--batch-size N] [--json] [--threads N]
+const USAGE = `evaluate TASK --checkpoint DIR [--data DIR] [--config FILE] [--split val|test] [--out DIR] [--batch-size N] [--json] [--quiet] [--threads N]
       TASK: ${[...taskRegistry().keys()].join(', ')}
       --checkpoint DIR  fine-tuned model folder (config.json + model.safetensors), or a fine-tuning run directory (uses its best/)
-      --data DIR        a world folder written by 'uniter world' (default: the synthetic world, generated in memory)
-      --config FILE     read the split from the official stores a fine-tuning config names (val_txt_db / test_txt_db ...)
+      --data DIR        a world folder written by 'uniter world' (default: the config's data, else the synthetic world in memory)
+      --config FILE     the fine-tuning config of the model: its task options (e.g. use_img_type) and, when it names
+                        official stores, the split's txt_db / img_db (val_txt_db, test_txt_db ...)
       --out DIR         where results files go (default runs/eval-TASK-SPLIT)`;
 
 export interface EvaluateCliResult {
@@ -42,7 +43,6 @@ export async function runEvaluate(argv: string[], say: (m: string) => void = (m)
   const split = (a.string.split ?? 'val') as EvalSplit;
   if (split !== 'val' && split !== 'test') throw new Error(`--split must be 'val' or 'test', got '${a.string.split}'`);
   if (a.string.threads) setDefaultThreads(intFlag(a.string.threads, '--threads', 1));
-  if (a.string.data && a.string.config) throw new Error('evaluate: pass --data or --config, not both');
   const cwd = process.cwd();
 
   const weights = resolveWeightsPath(path.resolve(cwd, a.string.checkpoint));
@@ -54,12 +54,13 @@ export async function runEvaluate(argv: string[], say: (m: string) => void = (m)
   const runner = new UniterRunner(cfg, params);
 
   const config = a.string.config ? loadFinetuneConfig(a.string.config, task) : null;
-  const settings = config?.settings ?? defaultSettings(task.name);
+  const settings = config?.settings ?? defaultSettings(task);
   const batchSize = a.string['batch-size'] ? intFlag(a.string['batch-size'], '--batch-size', 1) : settings.valBatchSize;
-  const data = openTaskData(task, { paths: config?.paths, worldDir: a.string.data ? path.resolve(cwd, a.string.data) : config?.worldDir });
+  // --data names the data even when the config names other stores.
+  const data = a.string.data ? openTaskData(task, { worldDir: path.resolve(cwd, a.string.data) }) : openTaskData(task, { paths: config?.paths, worldDir: config?.worldDir });
   try {
     if (!a.boolean.quiet) say(`evaluating ${weights} on ${task.name} ${split} (${data.describe})`);
-    const evaluation = await task.evaluate(runner, { data, split, batchSize, seed: settings.seed, tag: 'eval' });
+    const evaluation = await task.evaluate(runner, { data, split, batchSize, seed: settings.seed, tag: 'eval', options: config?.options });
     const outDir = path.resolve(cwd, a.string.out ?? path.join('runs', `eval-${task.name}-${split}`));
     const files = (evaluation.files ?? []).map((f) => {
       const file = path.join(outDir, f.name);
@@ -74,14 +75,14 @@ export async function runEvaluate(argv: string[], say: (m: string) => void = (m)
 
 export const command: Command = {
   name: 'evaluate',
-  summary: 'evaluate a fine-tuned model (vqa, ve, nlvr2, vcr) and write the official results files',
+  summary: `evaluate a fine-tuned model (${[...taskRegistry().keys()].join(', ')}) and write the official results files`,
   async run(argv) {
     const json = argv.includes('--json');
     const say = (m: string) => (json ? process.stderr : process.stdout).write(m + '\n');
     const r = await runEvaluate(argv, say);
-    if (json) console.log(JSON.stringify({ task: r.task, split: r.split, checkpoint: r.checkpoint, metrics: r.evaluation.metrics, files: r.files }));
+    if (json) console.log(JSON.stringify({ task: r.task, split: r.split, checkpoint: r.checkpoint, metrics: r.evaluation.metrics, examples: r.evaluation.examples ?? {}, files: r.files }));
     else {
-      for (const line of formatMetrics(r.evaluation.metrics)) say(line);
+      for (const line of formatMetrics(r.evaluation.metrics, r.evaluation.examples)) say(line);
       for (const f of r.files) say(`results: ${f}`);
     }
     return 0;

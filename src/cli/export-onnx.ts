@@ -7,7 +7,8 @@ import type { Command } from './main.js';
 
 const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head paired-attn|paired|triplet] [--re-mlp 1|2]
       [--pooled-output] [--opset N] [--external-data] [--verify]
-  DIR is a model folder (config.json + model.safetensors, as 'uniter convert' and the trainers write).
+  DIR is a model folder (config.json + model.safetensors, as 'uniter convert' and the trainers write)
+  or a training checkpoint directory (OUT/ckpt/step_N).
   --task            itm | vqa | ve | nlvr2 | refexp | retrieval | vcr (default: the head the weights hold;
                     nlvr2 and refexp take the variant the weights hold)
   --nlvr2-head      NLVR2 head variant (default: the one the weights hold, paired-attn in the paper's setup)

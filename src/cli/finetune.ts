@@ -16,13 +16,15 @@ import { writeTrainingReport } from '../report/training.js';
 import { parseArgs } from './args.js';
 import type { Command } from './main.js';
 
-const USAGE = `finetune TASK [--config FILE] [--checkpoint PATH|none] [--data DIR] [--out DIR] [--steps N] [--seed N] [--resume] [--json] [--quiet] [--threads N]
+const USAGE = `finetune TASK [--config FILE] [--checkpoint PATH|none] [--data DIR] [--out DIR] [--steps N] [--seed N] [--resume] [--stop-after N] [--json] [--quiet] [--threads N]
       TASK: ${[...taskRegistry().keys()].join(', ')}
       --config FILE      official-style fine-tuning config (train-<task>-*.json field names); overrides the task defaults
       --checkpoint PATH  pre-trained weights: model folder, checkpoint or run directory, safetensors or PyTorch file;
                          'none' = fresh initialization; default: ${DEFAULT_PRETRAIN_RUN} when present
       --data DIR         a world folder written by 'uniter world' (default: the synthetic world, generated in memory)
-      --out DIR          output directory (default runs/finetune-TASK)`;
+      --out DIR          output directory (default runs/finetune-TASK)
+      --resume           continue the run in --out from its latest checkpoint (exactly: same batches, dropout, losses)
+      --stop-after N     stop after step N with a checkpoint (continue later with --resume)`;
 
 export interface FinetuneCliResult {
   task: string;
@@ -33,7 +35,7 @@ export interface FinetuneCliResult {
 
 /** The command's work, callable from tests: returns what it trained and where it wrote. */
 export async function runFinetune(argv: string[], say: (m: string) => void = (m) => process.stderr.write(m + '\n')): Promise<FinetuneCliResult> {
-  const a = parseArgs(argv, { string: ['config', 'checkpoint', 'data', 'out', 'steps', 'seed', 'threads'], boolean: ['resume', 'json', 'quiet'] }, USAGE);
+  const a = parseArgs(argv, { string: ['config', 'checkpoint', 'data', 'out', 'steps', 'seed', 'threads', 'stop-after'], boolean: ['resume', 'json', 'quiet'] }, USAGE);
   if (a.positional.length !== 1) throw new Error(`finetune: expected one TASK (usage: uniter ${USAGE})`);
   const task = getTask(a.positional[0]);
   if (a.string.threads) setDefaultThreads(intFlag(a.string.threads, '--threads', 1));
@@ -70,6 +72,7 @@ export async function runFinetune(argv: string[], say: (m: string) => void = (m)
       settings: s,
       outDir,
       resume: a.boolean.resume === true,
+      stopAtStep: a.string['stop-after'] !== undefined ? intFlag(a.string['stop-after'], '--stop-after', 1) : undefined,
       quiet,
       log: tell,
       runConfig: { task: task.name, settings: s, options: config.options, checkpoint: weights, data: data.describe },
@@ -116,13 +119,18 @@ export function intFlag(s: string, flag: string, min: number): number {
   return n;
 }
 
-export function formatMetrics(metrics: Record<string, Record<string, number>>): string[] {
-  return Object.entries(metrics).map(([split, m]) => `  ${split.padEnd(5)} ${Object.entries(m).map(([k, v]) => `${k} ${Number.isInteger(v) ? v : v.toFixed(4)}`).join('   ')}`);
+/** One line per split: its metrics, then how many examples were scored. */
+export function formatMetrics(metrics: Record<string, Record<string, number>>, examples: Record<string, number> = {}): string[] {
+  return Object.entries(metrics).map(([split, m]) => {
+    const values = Object.entries(m).map(([k, v]) => `${k} ${v.toFixed(4)}`);
+    if (examples[split] !== undefined) values.push(`(${examples[split]} examples)`);
+    return `  ${split.padEnd(5)} ${values.join('   ')}`;
+  });
 }
 
 export const command: Command = {
   name: 'finetune',
-  summary: 'fine-tune on a downstream task: vqa, ve, nlvr2, vcr (default: synthetic world)',
+  summary: `fine-tune on a downstream task: ${[...taskRegistry().keys()].join(', ')} (default: synthetic world)`,
   async run(argv) {
     const json = argv.includes('--json');
     const say = (m: string) => (json ? process.stderr : process.stdout).write(m + '\n');

@@ -5,6 +5,7 @@
  * `verify` runs the written file in a fresh ONNX Runtime session on generated batches of two
  * sizes and compares it with the library's own outputs.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as ort from 'onnxruntime-node';
 import type { Dim } from '../engine/dims.js';
@@ -108,6 +109,17 @@ export interface ExportResult {
   verification: VerifyReport | null;
 }
 
+/** This package's version (recorded as the ONNX producer_version), if its package.json is found. */
+function packageVersion(): string | undefined {
+  try {
+    // Compiled to dist/src/export/: the package root is three levels up.
+    const pkg = JSON.parse(fs.readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { name?: string; version?: string };
+    return pkg.name === 'uniter-ts' ? pkg.version : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function sidecarPath(onnxFile: string): string {
   return `${onnxFile}.json`;
 }
@@ -174,7 +186,7 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
     externalData: opts.externalData,
     inlineLimitBytes: opts.inlineLimitBytes,
     outputs: outputs as OutputInfo[],
-    producerVersion: '0.1.0',
+    producerVersion: packageVersion(),
     docString: `UNITER ${task} scoring graph exported by uniter-ts. Inputs are the official batch fields; see ${path.basename(sidecarFile)}.`,
     metadata: {
       'uniter.task': task,

@@ -282,9 +282,9 @@ export function writeOnnxModel(file: string, emitted: EmittedModel, weights: Rea
       w.message(13, entry('offset', String(dataOffset)));
       w.message(13, entry('length', String(t.data.byteLength)));
       w.int(14, 1); // data_location = EXTERNAL
-      inits.push({ header: w.finish(), tensor: t });
       dataOffset += Math.ceil(t.data.byteLength / EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
-    } else inits.push({ header: w.finish(), tensor: t });
+    }
+    inits.push({ header: w.finish(), tensor: t });
   }
   const rawPrefix = varintBytes((9 << 3) | 2);
   const initSize = (i: Init): number => {

@@ -51,9 +51,10 @@ function recipe(steps: number, s: Partial<FinetuneSettings>): FinetuneSettings {
   };
 }
 
-/** Default settings of each task on the synthetic world (tiny model, 2 cores, a few minutes). */
-export function defaultSettings(task: string, steps?: number): FinetuneSettings {
-  switch (task) {
+/** Default settings of a task on the synthetic world (tiny model, 2 cores, a few minutes). */
+export function defaultSettings(task: TaskDefinition, steps?: number): FinetuneSettings {
+  if (task.defaultSettings) return task.defaultSettings(steps);
+  switch (task.name) {
     case 'vqa':
       return recipe(steps ?? 500, { lrMultiplier: 10 });
     case 've':
@@ -64,7 +65,7 @@ export function defaultSettings(task: string, steps?: number): FinetuneSettings 
       // Evaluation batches count questions (official VCR val_batch_size), 8-20 rows each.
       return recipe(steps ?? 400, { trainBatchTokens: 1024, valBatchSize: 32, maxTxtLen: 220 });
     default:
-      throw new Error(`no default fine-tuning settings for task '${task}'`);
+      throw new Error(`no default fine-tuning settings for task '${task.name}'`);
   }
 }
 
@@ -135,7 +136,7 @@ export function parseFinetuneConfig(c: Record<string, unknown>, task: TaskDefini
   const resolve = (p: string) => path.resolve(where.baseDir, p);
 
   const steps = c.num_train_steps;
-  const settings = defaultSettings(task.name, typeof steps === 'number' && Number.isInteger(steps) && steps > 0 ? steps : undefined);
+  const settings = defaultSettings(task, typeof steps === 'number' && Number.isInteger(steps) && steps > 0 ? steps : undefined);
   const s = settings as unknown as Record<string, unknown>;
   for (const [field, key] of Object.entries(SETTING_FIELDS)) {
     const v = c[field];

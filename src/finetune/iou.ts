@@ -4,10 +4,11 @@
  * - A box is COCO xywh in pixels: [x, y, w, h].
  * - A region's box comes back from its 7-d position feature [x1/W, y1/H, x2/W, y2/H, w/W, h/H, area]
  *   as [x1*W, y1*H, (w/W)*W, (h/H)*H], with W, H the image size from images.json.
- * - IoU uses the inclusive-pixel convention of the official `computeIoU`: the intersection spans
- *   pixels x1 .. x1+w-1, so its side is (x2' - x1' + 1); it only counts when the inclusive
- *   corners are strictly ordered (a one-pixel-wide overlap counts as none). The union, however,
- *   uses the plain areas w*h of both boxes. A prediction is correct when IoU > 0.5 (strictly).
+ * - IoU uses the inclusive-pixel convention of the official `computeIoU`: a box covers pixels
+ *   x .. x+w-1, the intersection's side is (right - left + 1) over those inclusive corners (the
+ *   same length as the plain overlap), but it only counts when the inclusive corners are
+ *   strictly ordered, so an overlap of one pixel or less (along either axis) counts as none.
+ *   The union uses the plain areas w*h. A prediction is correct when IoU > 0.5 (strictly).
  */
 
 /** COCO [x, y, w, h] in pixels. */

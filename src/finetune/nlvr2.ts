@@ -11,13 +11,14 @@
  */
 import { Nlvr2PairedDataset, Nlvr2TripletDataset, type TaskDataset } from '../data/datasets.js';
 import type { HostTensor } from '../engine/host.js';
-import { toNumbers } from '../engine/host.js';
+import { i64, toNumbers } from '../engine/host.js';
+import type { Batch } from '../data/types.js';
 import type { UniterConfig } from '../model/config.js';
 import type { HeadName } from '../model/params.js';
 import type { UniterRunner } from '../model/runner.js';
 import { initTypeEmbedding } from '../model/surgery.js';
 import { argmaxRows, crossEntropySum, nlvr2Metrics } from './metrics.js';
-import { ConcatDataset, evaluationBatches, loaderSource, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './tasks.js';
+import { ConcatDataset, evaluationBatches, loaderSource, mergeEvaluations, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './tasks.js';
 import type { Evaluation } from './trainer.js';
 
 export const NLVR2_VARIANTS = ['paired', 'paired-attn', 'triplet'] as const;
@@ -47,6 +48,18 @@ function variantOption(options: TaskOptionValues): Nlvr2Variant {
   return options.model as Nlvr2Variant;
 }
 
+/**
+ * Without use_img_type the datasets give no region types and the official model types every
+ * region slot 1 (`ones_like`); the graphs read img_type_ids, so that default is filled in here.
+ */
+function withImageTypes(batch: Batch): Batch {
+  if (batch.has('img_type_ids')) return batch;
+  const feat = batch.get('img_feat')!;
+  const [rows, regions] = feat.shape;
+  batch.set('img_type_ids', i64([rows, regions], new Array<number>(rows * regions).fill(1)));
+  return batch;
+}
+
 /** Paired variants share the paired dataset (2 rows per statement); triplet has one row. */
 function dataset(split: SplitData, variant: Nlvr2Variant, useImgType: boolean): TaskDataset<unknown> {
   return variant === 'triplet' ? new Nlvr2TripletDataset(split.txt, split.img, { useImgType }) : new Nlvr2PairedDataset(split.txt, split.img, { useImgType });
@@ -60,7 +73,7 @@ async function evaluateSplit(runner: UniterRunner, data: TaskData, ctx: Omit<Eva
   const lines: string[] = [];
   let loss = 0;
   for (const { batch, ids } of evaluationBatches(ds, ctx.batchSize, ctx.seed)) {
-    const out = await runner.run(GRAPH_OF[variant], batch, { training: false, grads: false, inference: true });
+    const out = await runner.run(GRAPH_OF[variant], withImageTypes(batch), { training: false, grads: false, inference: true });
     const scores = out.get('answer_scores')!.data as Float32Array;
     const targets = toNumbers(batch.get('targets')!);
     loss += crossEntropySum(scores, 2, targets);
@@ -72,7 +85,8 @@ async function evaluateSplit(runner: UniterRunner, data: TaskData, ctx: Omit<Eva
   }
   const m = nlvr2Metrics(predictions, labels);
   return {
-    metrics: { [ctx.split]: { acc: m.acc, consistency: m.consistency, loss: loss / labels.size, examples: labels.size } },
+    metrics: { [ctx.split]: { acc: m.acc, consistency: m.consistency, loss: loss / labels.size } },
+    examples: { [ctx.split]: labels.size },
     files: [{ name: `nlvr2_${ctx.split}_results_${ctx.tag}.csv`, content: lines.join('\n') + '\n' }],
   };
 }
@@ -111,18 +125,14 @@ export const nlvr2Task: TaskDefinition = {
       graphTask: GRAPH_OF[variant],
       isHeadParam: () => false,
       selectMetric: 'acc',
-      train: loaderSource(trainLoader(train, settings)),
+      train: loaderSource(trainLoader(train, settings), (b) => ({ ...b, batch: withImageTypes(b.batch) })),
       async evaluate(runner, { tag }) {
         const splits: EvalSplit[] = data.test ? ['val', 'test'] : ['val'];
-        const out: Evaluation = { metrics: {}, files: [] };
-        for (const split of splits) {
-          const ev = await evaluateSplit(runner, data, { split, batchSize: settings.valBatchSize, seed: settings.seed, tag }, useImgType);
-          Object.assign(out.metrics, ev.metrics);
-          out.files!.push(...(ev.files ?? []));
-        }
-        return out;
+        const parts: Evaluation[] = [];
+        for (const split of splits) parts.push(await evaluateSplit(runner, data, { split, batchSize: settings.valBatchSize, seed: settings.seed, tag }, useImgType));
+        return mergeEvaluations(parts);
       },
     };
   },
-  evaluate: (runner, ctx) => evaluateSplit(runner, ctx.data, ctx, nlvr2Task.optionDefaults.use_img_type as boolean),
+  evaluate: (runner, ctx) => evaluateSplit(runner, ctx.data, ctx, (ctx.options?.use_img_type ?? nlvr2Task.optionDefaults.use_img_type) as boolean),
 };

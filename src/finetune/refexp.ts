@@ -172,8 +172,10 @@ export async function evaluateRe(runner: UniterRunner, input: ReEvalInput): Prom
     const best = argmaxRows(scores.data as Float32Array, nMax);
     examples.forEach((ex, k) => {
       const rec = input.txt.get(ds.ids[b0 + k]);
-      // Padded slots score -1e4; a row whose real regions all score below that would pick padding.
-      if (best[k] >= ex.nbb) throw new Error(`re record '${rec.id}': the best-scored slot ${best[k]} is padding (the image has ${ex.nbb} regions); scores are not finite?`);
+      const top = (scores.data as Float32Array)[k * nMax + best[k]];
+      if (!Number.isFinite(top)) throw new Error(`re record '${rec.id}': region scores are not finite (${top})`);
+      // Padded slots score -1e4; only real regions scoring below that could lose to padding.
+      if (best[k] >= ex.nbb) throw new Error(`re record '${rec.id}': the best-scored slot ${best[k]} is padding (the image has ${ex.nbb} regions)`);
       const info = input.images.get(imageIdOf(rec))!;
       const pred = regionBoxXywh(ex.imgPosFeat, best[k], info.width, info.height);
       const tgt = targetBox(rec);
@@ -246,23 +248,56 @@ export async function evaluateReSplit(runner: UniterRunner, split: SplitData, sp
   const { images, ids } = splitInfo(split);
   const stores = reStores(split);
   const metrics: Record<string, number> = {};
+  let examples = 0;
   const files: NonNullable<Evaluation['files']> = [];
   for (const boxes of ['gt', 'det'] as const) {
     const img = boxes === 'gt' ? stores.gt : stores.det;
     if (!img) continue;
     const ev = await evaluateRe(runner, { txt: split.txt, img, boxes, images, ids, batchSize });
     metrics[`acc_${boxes}`] = ev.acc;
-    metrics.examples = ev.examples;
+    examples = ev.examples;
     files.push({ name: `re_${splitName}_${boxes}_results_${tag}.json`, content: JSON.stringify(ev.predictions) + '\n' });
   }
-  return { metrics: { [splitName]: metrics }, files };
+  return { metrics: { [splitName]: metrics }, examples: { [splitName]: examples }, files };
 }
+
+/**
+ * Defaults on the synthetic world (tiny model, 2 cores): the official RefCOCO recipe's shape
+ * (128 expressions per batch, summed CE, AdamW (0.9, 0.98), weight decay 0.01, clip 2.0, seed
+ * 24, linear warm-up/decay) with fewer steps; validation 5 times.
+ */
+export function reDefaultSettings(steps = RE_WORLD_STEPS): FinetuneSettings {
+  const every = Math.max(1, Math.round(steps / 5));
+  return {
+    trainBatchTokens: 128,
+    valBatchSize: 256,
+    accumulation: 1,
+    learningRate: RE_WORLD_LR,
+    lrMultiplier: 1,
+    warmupSteps: Math.max(1, Math.round(steps / 10)),
+    steps,
+    validEvery: every,
+    saveEvery: every,
+    keepCheckpoints: 2,
+    logEvery: 1,
+    gradNorm: 2.0,
+    weightDecay: 0.01,
+    betas: [0.9, 0.98],
+    seed: 24,
+    maxTxtLen: 60,
+    dropout: 0.1,
+  };
+}
+
+export const RE_WORLD_STEPS = 300;
+export const RE_WORLD_LR = 1e-4;
 
 export const reTask: TaskDefinition = {
   name: 're',
   summary: 'referring expressions (CE over regions; accuracy at IoU > 0.5 on GT and detected boxes)',
   worldPrefix: 're',
   optionDefaults: { ...RE_OPTION_DEFAULTS },
+  defaultSettings: reDefaultSettings,
   checkOptions: (options, source) => void reOptions(options, source),
   plan(base, options) {
     const o = reOptions(options, 're options');
@@ -289,6 +324,7 @@ export const reTask: TaskDefinition = {
         for (const split of (final && data.test ? ['val', 'test'] : ['val']) as EvalSplit[]) {
           const ev = await evaluateReSplit(runner, splitOf(data, split, 're'), split, tag, settings.valBatchSize);
           Object.assign(out.metrics, ev.metrics);
+          out.examples = { ...out.examples, ...ev.examples };
           out.files!.push(...(ev.files ?? []));
         }
         return out;
@@ -297,6 +333,3 @@ export const reTask: TaskDefinition = {
   },
   evaluate: (runner, ctx) => evaluateReSplit(runner, splitOf(ctx.data, ctx.split, 're'), ctx.split, ctx.tag, ctx.batchSize),
 };
-
-/** Defaults a caller may start from: the official RefCOCO recipe (train-refcoco-base-1gpu.json). */
-export const OFFICIAL_REFCOCO: Partial<FinetuneSettings> = { trainBatchTokens: 128, valBatchSize: 128, learningRate: 1e-4, steps: 24000, warmupSteps: 1500, gradNorm: 2.0, seed: 24 };

@@ -17,11 +17,14 @@
  * - plain: per caption the rows (caption, own image), (caption, random image), (random caption,
  *   own image) (official ItmRankDataset with negative_size 1): two hinge terms per caption.
  *
- * Evaluation scores every caption against every gallery image (a full score matrix) and
- * reports R@1/5/10 both ways (recall.ts). The matrix is filled block by block: images sorted by
- * region count (as the official evaluator, so padding stays small) are cut into groups whose
- * features are read once; each forward pass pairs a few captions with a whole group, the
- * image tensors of the group tiled per caption rather than re-collated pair by pair.
+ * Evaluation scores every caption against every gallery image (a full score matrix, kept in
+ * float32 where the official evaluator stores float16) and reports R@1/5/10 both ways
+ * (recall.ts). Every pair is a full forward pass of the single-stream model, so the cost grows
+ * with captions x images (bench/retrieval-scaling.ts). The matrix is filled block by block:
+ * images sorted by region count (as the official evaluator, so padding stays small) are cut
+ * into groups whose features are read and padded once; each forward pass pairs a few captions
+ * (sorted by length) with a whole group, copying the padded rows out of the block into a
+ * reused buffer instead of collating every pair from scratch.
  */
 import { f32, i64 } from '../engine/host.js';
 import type { DropoutSeed } from '../engine/runtime.js';
@@ -33,7 +36,7 @@ import { ExampleCountSampler } from '../data/sampler.js';
 import type { UniterRunner } from '../model/runner.js';
 import { initRankOutput } from '../model/surgery.js';
 import { Rng } from '../util/rng.js';
-import type { Evaluation, MicroStep, SurgeryHooks, TrainBatchSource } from './trainer.js';
+import type { Evaluation, FinetuneSettings, MicroStep, SurgeryHooks, TrainBatchSource } from './trainer.js';
 import { splitOf, type EvalSplit, type TaskDefinition, type TaskOptionValues } from './tasks.js';
 import { type RetrievalMetrics, type ScoreMatrix, metricsFromRanks, retrievalRanks } from './recall.js';
 
@@ -142,39 +145,43 @@ export function imageBlock(images: readonly ImageFeatures[], imgDim: number, scr
 }
 
 /**
- * The batch of every (caption, image) pair, caption-major (row c * G + g), with the official
- * layout: the same fields and values collateRows gives for those rows. The image block is
- * copied once per caption. With a `scratch`, img_feat / img_pos_feat view the scratch and stay
- * valid only until its next use.
+ * The batch of the given (caption index, image index) rows over `captions` and an image block,
+ * in the official layout: the same fields and values collateRows gives for those rows. With a
+ * `scratch`, img_feat / img_pos_feat view the scratch and stay valid only until its next use.
  */
-export function crossPairBatch(captions: readonly (readonly number[])[], block: ImageBlock, scratch?: PairScratch): Batch {
-  const C = captions.length;
-  const G = block.nbbs.length;
-  if (C === 0) throw new Error('crossPairBatch: no captions');
-  const B = C * G;
-  const { maxNbb, imgDim, nbbs } = block;
-  const maxTl = Math.max(...captions.map((c) => c.length));
-  // Every caption meets every image, so the longest row is the longest caption + the largest image.
-  const jointLen = maxTl + maxNbb;
-  const feat = scratch ? scratch.take('rows.feat', B * maxNbb * imgDim) : new Float32Array(B * maxNbb * imgDim);
+export function pairBatch(captions: readonly (readonly number[])[], block: ImageBlock, pairs: ReadonlyArray<readonly [number, number]>, scratch?: PairScratch): Batch {
+  const B = pairs.length;
+  if (B === 0) throw new Error('pairBatch: no pairs');
+  const { imgDim, nbbs } = block;
+  let maxTl = 0;
+  let maxNbb = 0;
+  let jointLen = 0;
+  for (const [c, g] of pairs) {
+    const cap = captions[c];
+    if (!cap || cap.length === 0) throw new Error(`pairBatch: caption ${c} ${cap ? 'has no token ids' : `is out of range (${captions.length} captions)`}`);
+    if (!(g >= 0 && g < nbbs.length)) throw new Error(`pairBatch: image ${g} is out of range (${nbbs.length} images)`);
+    maxTl = Math.max(maxTl, cap.length);
+    maxNbb = Math.max(maxNbb, nbbs[g]);
+    jointLen = Math.max(jointLen, cap.length + nbbs[g]);
+  }
+  const rowFeat = maxNbb * imgDim;
+  const feat = scratch ? scratch.take('rows.feat', B * rowFeat) : new Float32Array(B * rowFeat);
   const pos = scratch ? scratch.take('rows.pos', B * maxNbb * 7) : new Float32Array(B * maxNbb * 7);
   const ids = new BigInt64Array(B * maxTl);
   const attn = new BigInt64Array(B * jointLen);
   const rowTl: number[] = [];
   const rowNbb: number[] = [];
-  for (let c = 0; c < C; c++) {
-    feat.set(block.feat, c * block.feat.length);
-    pos.set(block.pos, c * block.pos.length);
+  pairs.forEach(([c, g], r) => {
+    // Block rows past an image's regions are zero, so copying maxNbb rows pads as well.
+    const from = g * block.maxNbb;
+    feat.set(block.feat.subarray(from * imgDim, from * imgDim + rowFeat), r * rowFeat);
+    pos.set(block.pos.subarray(from * 7, (from + maxNbb) * 7), r * maxNbb * 7);
     const cap = captions[c];
-    if (cap.length === 0) throw new Error(`crossPairBatch: caption ${c} has no token ids`);
-    for (let g = 0; g < G; g++) {
-      const r = c * G + g;
-      for (let j = 0; j < cap.length; j++) ids[r * maxTl + j] = BigInt(cap[j]);
-      attn.fill(1n, r * jointLen, r * jointLen + cap.length + nbbs[g]);
-      rowTl.push(cap.length);
-      rowNbb.push(nbbs[g]);
-    }
-  }
+    for (let j = 0; j < cap.length; j++) ids[r * maxTl + j] = BigInt(cap[j]);
+    attn.fill(1n, r * jointLen, r * jointLen + cap.length + nbbs[g]);
+    rowTl.push(cap.length);
+    rowNbb.push(nbbs[g]);
+  });
   const batch: Batch = new Map();
   batch.set('input_ids', i64([B, maxTl], ids));
   batch.set('position_ids', i64([1, maxTl], Array.from({ length: maxTl }, (_, j) => j)));
@@ -183,6 +190,14 @@ export function crossPairBatch(captions: readonly (readonly number[])[], block: 
   batch.set('attn_masks', i64([B, jointLen], attn));
   batch.set('gather_index', gatherIndex(rowTl, rowNbb, maxTl, jointLen));
   return batch;
+}
+
+/** Every (caption, image) pair, caption-major: row c * G + g. */
+export function crossPairBatch(captions: readonly (readonly number[])[], block: ImageBlock, scratch?: PairScratch): Batch {
+  const G = block.nbbs.length;
+  const pairs: Array<[number, number]> = [];
+  for (let c = 0; c < captions.length; c++) for (let g = 0; g < G; g++) pairs.push([c, g]);
+  return pairBatch(captions, block, pairs, scratch);
 }
 
 /** [CLS] caption [SEP] of a record, checking the token ids. */
@@ -228,6 +243,28 @@ async function scoreRows(runner: UniterRunner, batch: Batch): Promise<Float32Arr
   return s.data as Float32Array;
 }
 
+/**
+ * Eval-mode scores of an arbitrary list of (caption, image) pairs, `rowsPerBatch` pairs per
+ * forward pass; captions and images repeated within a pass are padded into the batch once.
+ */
+export async function scorePairs(runner: UniterRunner, pairs: ReadonlyArray<{ caption: readonly number[]; image: ImageFeatures }>, imgDim: number, rowsPerBatch: number, scratch = new PairScratch()): Promise<Float32Array> {
+  if (!(Number.isInteger(rowsPerBatch) && rowsPerBatch >= 1)) throw new Error(`retrieval scoring: rowsPerBatch must be a positive integer, got ${rowsPerBatch}`);
+  const out = new Float32Array(pairs.length);
+  for (let p0 = 0; p0 < pairs.length; p0 += rowsPerBatch) {
+    const chunk = pairs.slice(p0, p0 + rowsPerBatch);
+    const capIndex = new Map<readonly number[], number>();
+    const imgIndex = new Map<ImageFeatures, number>();
+    const index = chunk.map(({ caption, image }): [number, number] => {
+      if (!capIndex.has(caption)) capIndex.set(caption, capIndex.size);
+      if (!imgIndex.has(image)) imgIndex.set(image, imgIndex.size);
+      return [capIndex.get(caption)!, imgIndex.get(image)!];
+    });
+    const block = imageBlock([...imgIndex.keys()], imgDim, scratch);
+    out.set(await scoreRows(runner, pairBatch([...capIndex.keys()], block, index, scratch)), p0);
+  }
+  return out;
+}
+
 /** The full caption x image score matrix of a gallery (rows: gallery.txtIds, columns: gallery.imgIds). */
 export async function scoreGallery(runner: UniterRunner, gallery: Gallery, opts: ScoringOptions = {}): Promise<ScoredGallery> {
   const t0 = performance.now();
@@ -255,7 +292,7 @@ export async function scoreGallery(runner: UniterRunner, gallery: Gallery, opts:
     // Split the group when a single caption against it would exceed the row budget.
     for (let s0 = 0; s0 < group.length; s0 += maxRows) {
       const sub = group.slice(s0, s0 + maxRows);
-      const block = imageBlock(feats.slice(s0, s0 + maxRows), img.imgDim);
+      const block = imageBlock(feats.slice(s0, s0 + maxRows), img.imgDim, scratch);
       const perPass = Math.max(1, Math.floor(maxRows / sub.length));
       for (let c0 = 0; c0 < nt; c0 += perPass) {
         const caps = txtOrder.slice(c0, c0 + perPass);
@@ -347,10 +384,11 @@ export interface RetrievalTrainOptions {
 export const OFFICIAL_HARD_NEGATIVES = { mode: 'hard_negatives', captionsPerStep: 8, negativeSize: 399, hardNegSize: 31 } as const;
 
 /**
- * Sizes for the synthetic world: its train split has about 1600 images (default preset) or 48
- * (tiny), so fewer sampled negatives keep a step short while mining still finds hard ones.
+ * Sizes for the synthetic world on 2 cores: 8 captions per step as the official recipe, but 15
+ * sampled and 3 kept negatives per direction (a step scores 256 pairs and trains on 64 rows,
+ * instead of 6400 and 512), which keeps a default run to a few minutes.
  */
-export const WORLD_HARD_NEGATIVES = { mode: 'hard_negatives', captionsPerStep: 8, negativeSize: 31, hardNegSize: 7 } as const;
+export const WORLD_HARD_NEGATIVES = { mode: 'hard_negatives', captionsPerStep: 8, negativeSize: 15, hardNegSize: 3 } as const;
 
 /**
  * The training captions and their per-step draws: shuffled every epoch, `captionsPerStep` per
@@ -380,18 +418,22 @@ export class RetrievalCaptionStream implements TrainBatchSource {
 
   /** The next step's captions and the Rng its negatives are drawn from. */
   nextCaptions(): { ids: string[]; rng: Rng } {
-    const idx = this.sampler.next();
-    const rng = new Rng(this.opts.seed, 'retrieval-negatives', this.sampler.epoch, this.sampler.position - 1);
-    return { ids: idx.map((i) => this.ids[i]), rng };
+    const { indices, rng } = this.nextIndices();
+    return { ids: indices.map((i) => this.ids[i]), rng };
+  }
+
+  private nextIndices(): { indices: number[]; rng: Rng } {
+    const indices = this.sampler.next();
+    return { indices, rng: new Rng(this.opts.seed, 'retrieval-negatives', this.sampler.epoch, this.sampler.position - 1) };
   }
 
   /** Plain fine-tuning batch: per caption (pos), (neg image), (neg caption); sample_size 3. */
   next(): { batch: Batch; examples: number } {
+    // The dataset's ids are this stream's ids, so sampler indices address it directly.
     this.plainDataset ??= new ItmRankDataset(this.split.txt, this.split.img, { ids: this.ids, negSize: 1, specialIds: this.opts.specialIds });
     const ds = this.plainDataset;
-    const { ids, rng } = this.nextCaptions();
-    const index = new Map(ds.ids.map((id, i) => [id, i]));
-    return { batch: ds.collate(ids.map((id) => ds.get(index.get(id)!, rng))), examples: ids.length };
+    const { indices, rng } = this.nextIndices();
+    return { batch: ds.collate(indices.map((i) => ds.get(i, rng))), examples: indices.length };
   }
 
   state(): unknown {
@@ -411,16 +453,31 @@ export function topKIndices(scores: ArrayLike<number>, k: number): number[] {
   return order.slice(0, k);
 }
 
-/** One direction of hard-negative mining: which rows to train on, per caption of the step. */
-interface MinedGroup {
-  /** (caption ids with specials, image) rows: the positive first, then the hardest negatives. */
-  rows: SeqRow[];
+/** What mining chose for one caption of a step (names, for inspection and tests). */
+export interface MinedCaption {
+  caption: string;
+  /** Its image first, then the hardest sampled images (best-scored first). */
+  images: string[];
+  /** The caption itself first, then the hardest sampled captions of other images. */
+  captions: string[];
+}
+
+/** The rows of one hard-negative step: per caption (1 + hardNegSize) rows in each direction. */
+export interface MinedStep {
+  chosen: MinedCaption[];
+  /** caption -> images rows, grouped per caption, positive first. */
+  textRows: SeqRow[];
+  /** image -> captions rows, grouped per caption, positive first. */
+  imageRows: SeqRow[];
 }
 
 /**
- * A hard-negative micro-step: mine both directions for the step's captions with eval-mode
- * scores, then train on (positive + hardest) rows, caption by caption in one batch per
- * direction; returns the summed loss and gradients of the two directions.
+ * Hard-negative mining and training (official UniterForImageTextRetrievalHardNeg with the
+ * ItmRankDatasetHardNegFrom{Text,Image} datasets): per caption, score it against its image and
+ * `negativeSize` sampled images in eval mode (no dropout, no gradients), keep the
+ * `hardNegSize` best-scored; likewise its image against the caption and `negativeSize`
+ * sampled captions of other images. Then one training pass per direction over all the step's
+ * rows; the two losses and their gradients are summed.
  */
 export class HardNegativeMiner {
   private readonly scratch = new PairScratch();
@@ -454,62 +511,66 @@ export class HardNegativeMiner {
     return readImage(this.split.img, fname, captionId);
   }
 
-  private async scores(runner: UniterRunner, captions: number[][], images: ImageFeatures[], rowsPerBatch: number): Promise<Float32Array> {
-    // One side is a single item: chunk the other so a pass stays within the row budget.
-    const out = new Float32Array(captions.length * images.length);
-    if (captions.length === 1) {
-      for (let i0 = 0; i0 < images.length; i0 += rowsPerBatch) {
-        const block = imageBlock(images.slice(i0, i0 + rowsPerBatch), this.split.img.imgDim, this.scratch);
-        out.set(await scoreRows(runner, crossPairBatch(captions, block, this.scratch)), i0);
+  /**
+   * Mine both directions for the given captions, drawing the sampled negatives from `rng` (per
+   * caption: its negative images, then its negative captions). Each direction's candidates of
+   * all captions are scored together, `rowsPerBatch` pairs per pass.
+   */
+  async mine(runner: UniterRunner, ids: readonly string[], rng: Rng): Promise<MinedStep> {
+    const K = this.opts.hardNegSize;
+    const S = this.opts.negativeSize + 1;
+    const drawn = ids.map((id) => {
+      const gt = this.txt2img.get(id);
+      if (gt === undefined) throw new Error(`retrieval: caption '${id}' is not in the training split`);
+      const images = [gt, ...sampleNegatives(this.imagePool, [gt], this.opts.negativeSize, rng, `retrieval caption '${id}': negative images`)];
+      const captions = [id, ...sampleNegatives(this.stream.ids, this.img2txts.get(gt)!, this.opts.negativeSize, rng, `retrieval caption '${id}': negative captions of image '${gt}'`)];
+      return { id, images, captions };
+    });
+    // Each image and caption is read once per step even when drawn for several captions.
+    const feats = new Map<string, ImageFeatures>();
+    const feat = (f: string, by: string) => {
+      let v = feats.get(f);
+      if (!v) feats.set(f, (v = this.image(f, by)));
+      return v;
+    };
+    const tokens = new Map<string, number[]>();
+    const tok = (t: string) => {
+      let v = tokens.get(t);
+      if (!v) tokens.set(t, (v = captionIds(this.split.txt, t, this.special)));
+      return v;
+    };
+    const rows = this.opts.scoring?.rowsPerBatch ?? DEFAULT_SCORING.rowsPerBatch;
+    const imgDim = this.split.img.imgDim;
+    const textPairs = drawn.flatMap((d) => d.images.map((f) => ({ caption: tok(d.id), image: feat(f, d.id) })));
+    const imagePairs = drawn.flatMap((d) => d.captions.map((t) => ({ caption: tok(t), image: feat(d.images[0], d.id) })));
+    const textScores = await scorePairs(runner, textPairs, imgDim, rows, this.scratch);
+    const imageScores = await scorePairs(runner, imagePairs, imgDim, rows, this.scratch);
+
+    const out: MinedStep = { chosen: [], textRows: [], imageRows: [] };
+    drawn.forEach((d, c) => {
+      const hardImgs = [0, ...topKIndices(textScores.subarray(c * S + 1, (c + 1) * S), K).map((j) => j + 1)];
+      const hardTxts = [0, ...topKIndices(imageScores.subarray(c * S + 1, (c + 1) * S), K).map((j) => j + 1)];
+      for (const j of hardImgs) {
+        const im = feat(d.images[j], d.id);
+        out.textRows.push({ inputIds: tok(d.id), imgFeat: im.feat, imgPosFeat: im.pos, nbb: im.nbb });
       }
-    } else {
-      const block = imageBlock(images, this.split.img.imgDim, this.scratch);
-      const per = Math.max(1, Math.floor(rowsPerBatch / images.length));
-      for (let c0 = 0; c0 < captions.length; c0 += per) out.set(await scoreRows(runner, crossPairBatch(captions.slice(c0, c0 + per), block, this.scratch)), c0 * images.length);
-    }
+      const own = feat(d.images[0], d.id);
+      for (const j of hardTxts) out.imageRows.push({ inputIds: tok(d.captions[j]), imgFeat: own.feat, imgPosFeat: own.pos, nbb: own.nbb });
+      out.chosen.push({ caption: d.id, images: hardImgs.map((j) => d.images[j]), captions: hardTxts.map((j) => d.captions[j]) });
+    });
     return out;
   }
 
-  /** Caption -> images: the caption with its own image first, then its hardest sampled images. */
-  private async mineImages(runner: UniterRunner, id: string, rng: Rng): Promise<MinedGroup> {
-    const gt = this.txt2img.get(id)!;
-    const negs = sampleNegatives(this.imagePool, [gt], this.opts.negativeSize, rng, `retrieval caption '${id}': negative images`);
-    const feats = [gt, ...negs].map((f) => this.image(f, id));
-    const caption = captionIds(this.split.txt, id, this.special);
-    const s = await this.scores(runner, [caption], feats, this.rowsPerBatch());
-    const hard = topKIndices(s.subarray(1), this.opts.hardNegSize).map((j) => j + 1);
-    return { rows: [0, ...hard].map((j) => ({ inputIds: caption, imgFeat: feats[j].feat, imgPosFeat: feats[j].pos, nbb: feats[j].nbb })) };
-  }
-
-  /** Image -> captions: the caption itself first, then the hardest sampled captions of other images. */
-  private async mineCaptions(runner: UniterRunner, id: string, rng: Rng): Promise<MinedGroup> {
-    const gt = this.txt2img.get(id)!;
-    const negs = sampleNegatives(this.stream.ids, this.img2txts.get(gt)!, this.opts.negativeSize, rng, `retrieval caption '${id}': negative captions of image '${gt}'`);
-    const captions = [id, ...negs].map((t) => captionIds(this.split.txt, t, this.special));
-    const feat = this.image(gt, id);
-    const s = await this.scores(runner, captions, [feat], this.rowsPerBatch());
-    const hard = topKIndices(s.subarray(1), this.opts.hardNegSize).map((j) => j + 1);
-    return { rows: [0, ...hard].map((j) => ({ inputIds: captions[j], imgFeat: feat.feat, imgPosFeat: feat.pos, nbb: feat.nbb })) };
-  }
-
-  private rowsPerBatch(): number {
-    return this.opts.scoring?.rowsPerBatch ?? DEFAULT_SCORING.rowsPerBatch;
-  }
-
+  /** The trainer's micro-step: the next captions, mined, then one training pass per direction. */
   async microStep(runner: UniterRunner, dropout: DropoutSeed): Promise<MicroStep> {
     const { ids, rng } = this.stream.nextCaptions();
-    const textRows: SeqRow[] = [];
-    const imageRows: SeqRow[] = [];
-    for (const id of ids) {
-      textRows.push(...(await this.mineImages(runner, id, rng)).rows);
-      imageRows.push(...(await this.mineCaptions(runner, id, rng)).rows);
-    }
+    const mined = await this.mine(runner, ids, rng);
     const sampleSize = this.opts.hardNegSize + 1;
     const grads = new Map<string, Float32Array>();
     let loss = 0;
     let tokens = 0;
-    // Two training passes per micro-step; dropout streams 2s and 2s+1 keep every pass distinct.
-    for (const [k, rows] of [textRows, imageRows].entries()) {
+    // Dropout streams 2s and 2s+1 keep the two passes of micro-step s distinct from every other pass.
+    for (const [k, rows] of [mined.textRows, mined.imageRows].entries()) {
       const { batch } = collateRows(rows);
       const out = await runner.run('retrieval', batch, { training: true, grads: true, sampleSize, dropout: { seed: dropout.seed, step: 2 * dropout.step + k } });
       loss += Number(out.get('loss')!.data[0]);
@@ -542,14 +603,24 @@ export async function evaluateRetrievalSplit(runner: UniterRunner, split: Retrie
     captions: ev.captions,
     images: ev.images,
     seconds: ev.seconds,
+    pairs_per_second: ev.pairsPerSecond,
     image_rank: Object.fromEntries(gallery.txtIds.map((t, i) => [t, ev.ranks.imageRanks[i]])),
     text_rank: Object.fromEntries(gallery.imgIds.map((im, j) => [im, ev.ranks.textRanks[j]])),
   };
   return {
-    metrics: { [splitName]: { ...ev.metrics, captions: ev.captions, images: ev.images, pairs_per_s: ev.pairsPerSecond } },
+    metrics: { [splitName]: { ...ev.metrics } },
+    examples: { [splitName]: ev.captions },
     files: [{ name: `retrieval_${splitName}_results_${tag}.json`, content: JSON.stringify(results) + '\n' }],
   };
 }
+
+/**
+ * Gallery cap of the validations during training on the synthetic world: the default world's val
+ * and test splits have 200 images and 1000 captions each (200k pairs, minutes per pass on 2
+ * cores); the first 100 images and their 500 captions keep a validation under a minute or two.
+ * `uniter evaluate` scores whole splits.
+ */
+export const WORLD_EVAL_MAX_IMAGES = 100;
 
 export interface RetrievalTaskOptions {
   hardNegatives: boolean;
@@ -557,23 +628,22 @@ export interface RetrievalTaskOptions {
   hardNegSize: number;
   /** Images per scoring block (official inf_minibatch_size). */
   imagesPerGroup: number;
-  rowsPerBatch: number;
   /** Cap on val/test gallery images during training (null: the whole split). */
   evalMaxImages: number | null;
 }
 
 /**
  * Config-file options (official names where the official configs have them) and their defaults
- * for the synthetic world. Captions per micro-step are the settings' train batch size, which
- * for retrieval counts captions as the official train_batch_size does (HN 8, plain 40).
+ * for the synthetic world. The settings' batch sizes count what the official retrieval configs
+ * count: train_batch_size = captions per micro-step (HN 8, plain 40); val_batch_size = (caption,
+ * image) pairs per scoring pass (officially one caption x inf_minibatch_size images).
  */
 export const RETRIEVAL_OPTION_DEFAULTS = {
   hard_negatives: true,
   negative_size: WORLD_HARD_NEGATIVES.negativeSize,
   hard_neg_size: WORLD_HARD_NEGATIVES.hardNegSize,
   inf_minibatch_size: DEFAULT_SCORING.imagesPerGroup,
-  inf_rows_per_batch: DEFAULT_SCORING.rowsPerBatch,
-  eval_max_images: null,
+  eval_max_images: WORLD_EVAL_MAX_IMAGES,
 } as const;
 
 export function retrievalOptions(options: TaskOptionValues, source: string): RetrievalTaskOptions {
@@ -589,25 +659,57 @@ export function retrievalOptions(options: TaskOptionValues, source: string): Ret
     negativeSize: posInt('negative_size'),
     hardNegSize: posInt('hard_neg_size'),
     imagesPerGroup: posInt('inf_minibatch_size'),
-    rowsPerBatch: posInt('inf_rows_per_batch'),
     evalMaxImages: o.eval_max_images === null ? null : posInt('eval_max_images'),
   };
   if (r.hardNegatives && r.hardNegSize > r.negativeSize) throw new Error(`${source}: retrieval option 'hard_neg_size' (${r.hardNegSize}) exceeds 'negative_size' (${r.negativeSize})`);
   return r;
 }
 
+/**
+ * Defaults on the synthetic world (tiny model, 2 cores): the official hard-negative recipe's
+ * shape (8 captions per step, AdamW (0.9, 0.98), weight decay 0.01, clip 2.0, 10% warm-up,
+ * linear decay) with fewer sampled negatives (WORLD_HARD_NEGATIVES) and steps; validation
+ * twice (each scores 500 captions x 100 images).
+ */
+export function retrievalDefaultSettings(steps = RETRIEVAL_WORLD_STEPS): FinetuneSettings {
+  const every = Math.max(1, Math.round(steps / 2));
+  return {
+    trainBatchTokens: WORLD_HARD_NEGATIVES.captionsPerStep,
+    valBatchSize: DEFAULT_SCORING.rowsPerBatch,
+    accumulation: 1,
+    learningRate: RETRIEVAL_WORLD_LR,
+    lrMultiplier: 1,
+    warmupSteps: Math.max(1, Math.round(steps / 10)),
+    steps,
+    validEvery: every,
+    saveEvery: every,
+    keepCheckpoints: 2,
+    logEvery: 1,
+    gradNorm: 2.0,
+    weightDecay: 0.01,
+    betas: [0.9, 0.98],
+    seed: 42,
+    maxTxtLen: 60,
+    dropout: 0.1,
+  };
+}
+
+export const RETRIEVAL_WORLD_STEPS = 200;
+export const RETRIEVAL_WORLD_LR = 1e-4;
+
 export const retrievalTask: TaskDefinition = {
   name: 'retrieval',
   summary: 'image-text retrieval (hinge on rank scores, hard negatives; IR/TR R@1/5/10)',
   worldPrefix: 'itm',
   optionDefaults: { ...RETRIEVAL_OPTION_DEFAULTS },
+  defaultSettings: retrievalDefaultSettings,
   checkOptions: (options, source) => void retrievalOptions(options, source),
   plan: (base) => ({ cfg: base, head: 'retrieval', headOptions: {}, hooks: retrievalHooks() }),
   job({ data, settings, options }) {
     const o = retrievalOptions(options, 'retrieval options');
     if (data.train.length !== 1) throw new Error(`retrieval: expected one training txt_db, got ${data.train.length}`);
     const train: RetrievalSplit = { txt: data.train[0].txt, img: data.train[0].img };
-    const scoring: ScoringOptions = { imagesPerGroup: o.imagesPerGroup, rowsPerBatch: o.rowsPerBatch };
+    const scoring: ScoringOptions = { imagesPerGroup: o.imagesPerGroup, rowsPerBatch: settings.valBatchSize };
     const captionsPerStep = settings.trainBatchTokens;
     const stream = new RetrievalCaptionStream(train, { captionsPerStep, seed: settings.seed, maxTxtLen: settings.maxTxtLen });
     const trainOpts: RetrievalTrainOptions = {
@@ -636,14 +738,21 @@ export const retrievalTask: TaskDefinition = {
           const s = splitOf(data, split, 'retrieval');
           const ev = await evaluateRetrievalSplit(runner, { txt: s.txt, img: s.img }, split, tag, evalOpts);
           Object.assign(out.metrics, ev.metrics);
+          out.examples = { ...out.examples, ...ev.examples };
           out.files!.push(...(ev.files ?? []));
         }
         return out;
       },
     };
   },
+  /**
+   * The whole split (the official protocol: every caption against every image of the split). A
+   * pre-trained model without rank_output is scored zero-shot: rank_output := itm_output row 1.
+   */
   evaluate(runner, ctx) {
+    if (!runner.params.has('rank_output.weight') && runner.params.has('itm_output.weight')) initRankOutput(runner.params);
+    const o = retrievalOptions(ctx.options ?? {}, 'retrieval options');
     const s = splitOf(ctx.data, ctx.split, 'retrieval');
-    return evaluateRetrievalSplit(runner, { txt: s.txt, img: s.img }, ctx.split, ctx.tag);
+    return evaluateRetrievalSplit(runner, { txt: s.txt, img: s.img }, ctx.split, ctx.tag, { rowsPerBatch: ctx.batchSize, imagesPerGroup: o.imagesPerGroup });
   },
 };

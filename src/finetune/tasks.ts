@@ -357,6 +357,8 @@ export interface EvaluateContext {
   seed: number;
   /** Goes into result file names. */
   tag: string;
+  /** Task options the model was trained with (default: the task's optionDefaults). */
+  options?: TaskOptionValues;
 }
 
 export interface TaskDefinition {
@@ -366,6 +368,8 @@ export interface TaskDefinition {
   worldPrefix: string;
   /** Options a config file may set for this task, with their defaults. */
   optionDefaults: TaskOptionValues;
+  /** The task's default settings on the synthetic world (defaults.ts holds those of vqa, ve, nlvr2, vcr). */
+  defaultSettings?(steps?: number): FinetuneSettings;
   /** Check option values; throws naming the option. */
   checkOptions(options: TaskOptionValues, source: string): void;
   /** `seed` draws any new rows the surgery adds (VCR's extra word embeddings). */
@@ -384,6 +388,17 @@ export function getTask(name: string): TaskDefinition {
   const t = taskRegistry().get(name);
   if (!t) throw new Error(`unknown task '${name}' (expected one of ${[...taskRegistry().keys()].join(', ')})`);
   return t;
+}
+
+/** Several evaluations (e.g. of val and test) as one. */
+export function mergeEvaluations(parts: readonly Evaluation[]): Evaluation {
+  const out: Evaluation = { metrics: {}, examples: {}, files: [] };
+  for (const p of parts) {
+    Object.assign(out.metrics, p.metrics);
+    Object.assign(out.examples!, p.examples ?? {});
+    out.files!.push(...(p.files ?? []));
+  }
+  return out;
 }
 
 /** Split of TaskData by name, or an error naming what is missing. */

@@ -77,7 +77,10 @@ export interface MicroStep {
 
 /** Metrics of one evaluation, by split ('val', 'test'), and the result files it produced. */
 export interface Evaluation {
+  /** Quality metrics by split (logged and charted; the 'val' one picks OUT/best). */
   metrics: Record<string, Record<string, number>>;
+  /** Examples scored, by split. */
+  examples?: Record<string, number>;
   /** Written under OUT/results/ (file name -> content). */
   files?: Array<{ name: string; content: string }>;
 }
@@ -185,6 +188,7 @@ function addInto(acc: Map<string, Float32Array>, grads: Map<string, Float32Array
 interface SavedExtra {
   job: string;
   best: Omit<BestModel, 'dir'> | null;
+  settings: FinetuneSettings;
 }
 
 export async function finetune(opts: FinetuneOptions): Promise<FinetuneResult> {
@@ -233,6 +237,8 @@ export async function finetune(opts: FinetuneOptions): Promise<FinetuneResult> {
       const samplerState = ck.trainer.samplers.train;
       if (samplerState === undefined) throw new Error(`${ck.dir}: ${TRAINER_FILE} has no training sampler state`);
       job.train.restore(samplerState);
+      const changed = extra.settings ? (Object.keys(s) as Array<keyof FinetuneSettings>).filter((k) => JSON.stringify(s[k]) !== JSON.stringify(extra.settings![k])) : [];
+      if (changed.length) say(`warning: resuming with settings that differ from the run's: ${changed.map((k) => `${k} ${JSON.stringify(extra.settings![k])} -> ${JSON.stringify(s[k])}`).join(', ')}`);
       best = extra.best ?? null;
       step = ck.step;
       resumedFrom = step;
@@ -258,7 +264,7 @@ export async function finetune(opts: FinetuneOptions): Promise<FinetuneResult> {
         optimizer: optimizer.state(),
         samplers: { train: job.train.state() },
         config: { model: cfg, run: opts.runConfig ?? null },
-        extra: { job: job.name, best } satisfies SavedExtra,
+        extra: { job: job.name, best, settings: s } satisfies SavedExtra,
       },
       { keepLast: s.keepCheckpoints },
     );

@@ -132,7 +132,6 @@ export function vcrMetrics(s: VcrScores, mode: EvalMode): Record<string, number>
     qar_acc: c.qar / n,
     qa_loss: crossEntropySum(qaScores, CANDIDATES, qaLabels) / n,
     qar_loss: crossEntropySum(qarScores, CANDIDATES, qarLabels) / n,
-    examples: n,
   };
 }
 
@@ -158,7 +157,7 @@ async function evaluateSplit(runner: UniterRunner, split: SplitData, mode: EvalM
   if (!runner.params.has('vcr_output.3.weight')) throw new Error("the model has no 'vcr_output.3.weight': not a VCR model");
   const s = await scoreSplit(runner, split, mode, batchExamples, seed);
   const m = vcrMetrics(s, mode);
-  const ev: Evaluation = { metrics: { [splitName]: m ?? { examples: s.scores.size } }, files: [] };
+  const ev: Evaluation = { metrics: { [splitName]: m ?? {} }, examples: { [splitName]: s.scores.size }, files: [] };
   if (mode === 'test') {
     ev.files!.push({ name: `vcr_${splitName}_results_${tag}.json`, content: JSON.stringify(Object.fromEntries(s.scores)) + '\n' });
     ev.files!.push({ name: `vcr_${splitName}_results_${tag}.csv`, content: vcrSubmissionCsv(s.scores) });

@@ -8,7 +8,7 @@
 import { VeDataset } from '../data/datasets.js';
 import { VE_LABELS } from '../data/world/concepts.js';
 import type { UniterRunner } from '../model/runner.js';
-import { ConcatDataset, loaderSource, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type TaskData, type TaskDefinition } from './tasks.js';
+import { ConcatDataset, loaderSource, mergeEvaluations, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type TaskData, type TaskDefinition } from './tasks.js';
 import type { Evaluation } from './trainer.js';
 import { headAnswers, scoreAnswers } from './vqa.js';
 
@@ -19,10 +19,10 @@ async function evaluateSplit(runner: UniterRunner, data: TaskData, ctx: Omit<Eva
   const r = await scoreAnswers(runner, 've', new VeDataset(split.txt, split.img, { requireTargets: false }), ctx.batchSize, ctx.seed);
   const results: Record<string, string> = {};
   for (const [id, label] of r.predicted) results[id] = VE_LABELS[label];
-  const metrics: Record<string, number> = { examples: r.examples };
+  const metrics: Record<string, number> = {};
   if (r.score !== null) metrics.acc = r.score;
   if (r.loss !== null) metrics.loss = r.loss;
-  return { metrics: { [ctx.split]: metrics }, files: [{ name: `ve_${ctx.split}_results_${ctx.tag}.json`, content: JSON.stringify(results) + '\n' }] };
+  return { metrics: { [ctx.split]: metrics }, examples: { [ctx.split]: r.examples }, files: [{ name: `ve_${ctx.split}_results_${ctx.tag}.json`, content: JSON.stringify(results) + '\n' }] };
 }
 
 export const veTask: TaskDefinition = {
@@ -44,13 +44,9 @@ export const veTask: TaskDefinition = {
       train: loaderSource(trainLoader(train, settings)),
       async evaluate(runner, { tag }) {
         const splits: EvalSplit[] = data.test ? ['val', 'test'] : ['val'];
-        const out: Evaluation = { metrics: {}, files: [] };
-        for (const split of splits) {
-          const ev = await evaluateSplit(runner, data, { split, batchSize: settings.valBatchSize, seed: settings.seed, tag });
-          Object.assign(out.metrics, ev.metrics);
-          out.files!.push(...(ev.files ?? []));
-        }
-        return out;
+        const parts: Evaluation[] = [];
+        for (const split of splits) parts.push(await evaluateSplit(runner, data, { split, batchSize: settings.valBatchSize, seed: settings.seed, tag }));
+        return mergeEvaluations(parts);
       },
     };
   },

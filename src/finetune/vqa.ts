@@ -77,10 +77,10 @@ async function evaluateSplit(runner: UniterRunner, split: SplitData, ctx: Evalua
   const dataset = new VqaDataset(split.txt, split.img, { numAnswers, requireTargets: false });
   const r = await scoreAnswers(runner, 'vqa', dataset, ctx.batchSize, ctx.seed);
   const results = [...r.predicted].map(([id, label]) => ({ question_id: questionId(id), answer: answers[label] }));
-  const metrics: Record<string, number> = { examples: r.examples };
+  const metrics: Record<string, number> = {};
   if (r.score !== null) metrics.score = r.score;
   if (r.loss !== null) metrics.loss = r.loss;
-  return { metrics: { [ctx.split]: metrics }, files: [{ name: `vqa_${ctx.split}_results_${ctx.tag}.json`, content: JSON.stringify(results) + '\n' }] };
+  return { metrics: { [ctx.split]: metrics }, examples: { [ctx.split]: r.examples }, files: [{ name: `vqa_${ctx.split}_results_${ctx.tag}.json`, content: JSON.stringify(results) + '\n' }] };
 }
 
 export const vqaTask: TaskDefinition = {

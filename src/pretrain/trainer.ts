@@ -19,7 +19,7 @@ import { Rng } from '../util/rng.js';
 import { AdamW, clipGradNorm } from './optimizer.js';
 import { TaskMixer, mixName, parseMixName } from './mixer.js';
 import { learningRateAt } from './schedule.js';
-import { loadLatestCheckpoint, saveCheckpoint } from './checkpoint.js';
+import { loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from './checkpoint.js';
 import { JsonlLogger, ProgressDisplay } from './progress.js';
 import { evaluateTask, TaskMetrics } from './validate.js';
 
@@ -245,6 +245,8 @@ export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
   }
   if (step >= s.steps) await validate(step, true);
   save();
+  // The final model as a from_pretrained folder (config.json + model.safetensors) for fine-tuning and export.
+  if (step >= s.steps) saveModelFolder(path.join(opts.outDir, 'model'), cfg as unknown as Record<string, unknown>, values, shapes, { ties: TIES });
   progress.done();
   logger.close();
   return { steps: step, seconds: (Date.now() - t0) / 1000, params, validation, losses, droppedLongCaptions: dropped };

@@ -2,13 +2,15 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type { HostTensor } from '../../src/engine/host.js';
 import { readSafetensors, writeSafetensors } from '../../src/engine/safetensors.js';
 import { PRESETS, UniterConfig } from '../../src/model/config.js';
 import { HeadName, allSpecs, initParams } from '../../src/model/params.js';
 import { saveModelFolder } from '../../src/pretrain/checkpoint.js';
 
-export const GOLDEN = 'test/fixtures/golden/tiny';
+/** The golden fixture, found from the compiled test file (dist/test/export/) so any cwd works. */
+export const GOLDEN = fileURLToPath(new URL('../../../test/fixtures/golden/tiny', import.meta.url));
 
 /** Small enough that a folder is ~100 KB: vocab 512 (ids from the bundled tokenizer's range 0..511 only). */
 export const TINY: UniterConfig = {
@@ -23,8 +25,17 @@ export const TINY: UniterConfig = {
   img_label_dim: 9,
 };
 
+const tempDirs: string[] = [];
+
+/** A fresh directory under the OS temp dir, removed by removeTempDirs(). */
 export function tempDir(prefix: string): string {
-  return fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  tempDirs.push(dir);
+  return dir;
+}
+
+export function removeTempDirs(): void {
+  for (const d of tempDirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
 }
 
 /** Random parameters of `head` (std 0.1 so that scores differ visibly between inputs). */
