@@ -50,6 +50,8 @@ export class Server {
   private readonly lines: AsyncIterableIterator<string>;
   private stderr = '';
   private exited = false;
+  /** Why this harness killed the child (e.g. the machine ran out of memory), if it did. */
+  killedBecause: string | null = null;
 
   private constructor(
     readonly label: string,
@@ -71,7 +73,10 @@ export class Server {
 
   private async next(): Promise<Record<string, unknown>> {
     const r = await this.lines.next();
-    if (r.done) throw new Error(`${this.label} exited unexpectedly; stderr:\n${this.stderr}`);
+    if (r.done) {
+      if (this.killedBecause) throw new ChildKilledError(`${this.label} was stopped: ${this.killedBecause}`, this.killedBecause);
+      throw new Error(`${this.label} exited unexpectedly; stderr:\n${this.stderr}`);
+    }
     try {
       return JSON.parse(r.value) as Record<string, unknown>;
     } catch {
@@ -102,8 +107,95 @@ export class Server {
   }
 
   /** Stop the child without waiting for it to finish its current request. */
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGTERM');
+  kill(reason: string): void {
+    if (this.exited) return;
+    this.killedBecause = reason;
+    this.child.kill('SIGKILL');
+  }
+
+  get pid(): number | undefined {
+    return this.exited ? undefined : this.child.pid;
+  }
+
+  get running(): boolean {
+    return !this.exited;
+  }
+}
+
+export class ChildKilledError extends Error {
+  constructor(
+    message: string,
+    readonly reason: string,
+  ) {
+    super(message);
+  }
+}
+
+/** Resident memory of a process now (Linux /proc), or null when it cannot be read. */
+export function processRssBytes(pid: number): number | null {
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Memory the kernel could still hand out (Linux MemAvailable), or null when unknown. */
+export function availableMemoryBytes(): number | null {
+  try {
+    const m = /MemAvailable:\s+(\d+) kB/.exec(fs.readFileSync('/proc/meminfo', 'utf8'));
+    return m ? Number(m[1]) * 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Protects a shared machine from a benchmark child that outgrows it: polls the available memory
+ * and the children's RSS; when a child passes its own limit, or the machine's available memory
+ * falls below `minAvailableBytes`, the largest watched child is killed (and the request it was
+ * serving fails with ChildKilledError naming the reason), before the kernel's OOM killer picks
+ * some other engineer's process.
+ */
+export class MemoryGuard {
+  private readonly watched = new Map<Server, number>();
+  private readonly timer: NodeJS.Timeout;
+  readonly events: Array<{ child: string; rss_bytes: number; available_bytes: number | null; reason: string; at: string }> = [];
+
+  constructor(
+    readonly minAvailableBytes: number,
+    intervalMs = 500,
+  ) {
+    this.timer = setInterval(() => this.check(), intervalMs);
+    this.timer.unref();
+  }
+
+  watch(server: Server, limitBytes = Infinity): void {
+    this.watched.set(server, limitBytes);
+  }
+
+  private check(): void {
+    const sizes = [...this.watched].filter(([s]) => s.running && s.pid !== undefined).map(([s, limit]) => ({ s, limit, rss: processRssBytes(s.pid!) ?? 0 }));
+    if (sizes.length === 0) return;
+    const available = availableMemoryBytes();
+    const over = sizes.find((x) => x.rss > x.limit);
+    let victim: (typeof sizes)[number] | undefined;
+    let reason = '';
+    if (over) {
+      victim = over;
+      reason = `its resident memory ${(over.rss / GiB).toFixed(2)} GiB passed the limit of ${(over.limit / GiB).toFixed(2)} GiB`;
+    } else if (available !== null && available < this.minAvailableBytes) {
+      victim = sizes.reduce((a, b) => (b.rss > a.rss ? b : a));
+      reason = `the machine had only ${(available / GiB).toFixed(2)} GiB available (child at ${(victim.rss / GiB).toFixed(2)} GiB resident)`;
+    }
+    if (!victim) return;
+    this.events.push({ child: victim.s.label, rss_bytes: victim.rss, available_bytes: available, reason, at: new Date().toISOString() });
+    victim.s.kill(reason);
+  }
+
+  stop(): void {
+    clearInterval(this.timer);
   }
 }
 

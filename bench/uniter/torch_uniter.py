@@ -16,7 +16,7 @@ OPENBLAS_NUM_THREADS must be set before torch loads (the TypeScript driver sets 
 
   serve  [--layers 12] [--threads 1] [--seed 1]
          Builds the base model, prints one JSON line {"ready": ...}, then answers the requests
-         of bench/uniter/worker.ts (train / infer / ipot / rss / quit), one JSON line each.
+         of bench/uniter/worker.ts (train / infer / ipot / gemm / rss / quit), one JSON line each.
   parity --dir D
          Reads D/config.json, D/weights.safetensors and D/{mlm,itm,ipot}.safetensors (written
          by the TypeScript worker), writes D/torch_out.safetensors with the same names as the
@@ -321,7 +321,21 @@ def serve(args):
         plan = ipot_plan(b["cost"], b["txt_pad"], b["img_pad"])
         return {"plan_shape": list(plan.shape)}
 
-    ops = {"train": train, "infer": infer, "ipot": run_ipot}
+    gemm_inputs = {}
+
+    def gemm(req):
+        m, k, n = (req.get(d) for d in ("m", "k", "n"))
+        if not all(isinstance(d, int) and d > 0 for d in (m, k, n)):
+            raise ValueError(f"gemm: m, k and n must be positive integers, got {req!r}")
+        if (m, k, n) not in gemm_inputs:
+            g = torch.Generator().manual_seed(5)
+            gemm_inputs[(m, k, n)] = (torch.rand(m, k, generator=g) - 0.5, torch.rand(n, k, generator=g) - 0.5)
+        a, w = gemm_inputs[(m, k, n)]
+        with torch.inference_mode():
+            F.linear(a, w)
+        return {"gflop": 2 * m * k * n / 1e9}
+
+    ops = {"train": train, "infer": infer, "ipot": run_ipot, "gemm": gemm}
     ready = {
         "ready": True, "side": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "blas_libraries": loaded_blas_libraries(),

@@ -8,7 +8,12 @@
  *          {"op":"train","task":"mlm"|"itm","batch":FILE}  forward + backward (dropout 0.1, WRA
  *                                                           for ITM) + clip + AdamW, as pretrain()
  *          {"op":"infer","batch":FILE}                      ITM scores, no dropout, no gradient
+ *          {"op":"infer","batch":FILE,"baked":true}         the same from a graph with the weights
+ *                                                           baked in as initializers (an experiment:
+ *                                                           ORT can then pre-pack GEMM weights)
  *          {"op":"ipot","inputs":FILE}                      IPOT (beta 0.5, 50 iterations) alone
+ *          {"op":"gemm","m":M,"k":K,"n":N}                  one [M,K] x [N,K]^T product (a Linear
+ *                                                           layer's GEMM), random inputs
  *          "rss"                                            {"max_rss_bytes", "rss_bytes"}
  *          "quit"
  *   node dist/bench/uniter/worker.js parity --dir D
@@ -20,14 +25,15 @@
 import * as path from 'node:path';
 import * as readline from 'node:readline';
 import { performance } from 'node:perf_hooks';
-import { Graph, HostTensor, compile, f32, writeSafetensors } from '../../src/engine/index.js';
+import { Graph, HostTensor, Program, compile, f32, linear, writeSafetensors } from '../../src/engine/index.js';
 import type { Batch } from '../../src/data/types.js';
 import { PRESETS, UniterConfig, saveConfig } from '../../src/model/config.js';
 import { TIES, allSpecs, initParams } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
-import { DEFAULT_OT } from '../../src/model/tasks.js';
+import { DEFAULT_OT, buildTaskGraph, prepareFeeds } from '../../src/model/tasks.js';
 import { ipot } from '../../src/model/uniter.js';
 import { AdamW, clipGradNorm } from '../../src/pretrain/optimizer.js';
+import { Rng } from '../../src/util/rng.js';
 import { hookSessions, parseSessionOptions } from './ort-session.js';
 import { ADAMW_OPTIONS, GRAD_CLIP, LEARNING_RATE, makeBatch, makeIpotInputs, readBatch, writeBatch } from './workload.js';
 
@@ -61,6 +67,38 @@ function freshParams(cfg: UniterConfig, seed: number): Map<string, HostTensor> {
   return initParams(allSpecs(cfg, 'pretrain').filter((s) => !TIES[s.name]), cfg.initializer_range, seed);
 }
 
+/** One Linear layer's matrix product, [M, K] x [N, K]^T (the GEMM that dominates the model). */
+class GemmProbe {
+  private readonly program: Program;
+  private readonly inputs = new Map<string, Map<string, HostTensor>>();
+
+  constructor(threads: number) {
+    const g = new Graph('gemm');
+    const a = g.input('a', 'float32', ['M', 'K']);
+    const w = g.input('w', 'float32', ['N', 'K']);
+    this.program = compile(g, { y: linear(a, w) }, { threads });
+  }
+
+  async run(m: number, k: number, n: number): Promise<void> {
+    const key = `${m}x${k}x${n}`;
+    let feeds = this.inputs.get(key);
+    if (!feeds) {
+      const rng = new Rng(5, 'gemm', key);
+      const fill = (len: number) => {
+        const x = new Float32Array(len);
+        for (let i = 0; i < len; i++) x[i] = rng.uniform() - 0.5;
+        return x;
+      };
+      feeds = new Map([
+        ['a', f32([m, k], fill(m * k))],
+        ['w', f32([n, k], fill(n * k))],
+      ]);
+      this.inputs.set(key, feeds);
+    }
+    await this.program.run(feeds);
+  }
+}
+
 /** The IPOT graph alone: cost [B, M, N] and padding masks -> transport plan [B, N, M]. */
 function ipotProgram(threads: number) {
   const g = new Graph('ipot');
@@ -81,11 +119,12 @@ class EngineTrainer {
   readonly runner: UniterRunner;
   private readonly optimizer: AdamW;
   private step = 0;
+  private bakedInference: Program | null = null;
 
   constructor(
     cfg: UniterConfig,
     params: Map<string, HostTensor>,
-    threads: number,
+    private readonly threads: number,
     private readonly seed: number,
   ) {
     this.runner = new UniterRunner(cfg, params, threads);
@@ -121,9 +160,15 @@ class EngineTrainer {
     };
   }
 
-  async infer(batch: Batch): Promise<HostTensor> {
-    const out = await this.runner.run('itm', batch, { training: false, grads: false, inference: true });
-    return out.get('itm_scores')!;
+  async infer(batch: Batch, baked = false): Promise<HostTensor> {
+    const opts = { training: false, grads: false, inference: true };
+    if (!baked) return (await this.runner.run('itm', batch, opts)).get('itm_scores')!;
+    if (!this.bakedInference) {
+      const tg = buildTaskGraph(this.runner.cfg, 'itm', opts);
+      const weights = new Map(tg.params.map((n) => [n, this.runner.params.get(n)!]));
+      this.bakedInference = compile(tg.graph, tg.outputs, { threads: this.threads, initializers: weights });
+    }
+    return (await this.bakedInference.run(prepareFeeds('itm', batch, { inference: true }))).get('itm_scores')!;
   }
 }
 
@@ -138,6 +183,7 @@ async function serve(opts: Options): Promise<void> {
   const params = freshParams(cfg, seed);
   const trainer = new EngineTrainer(cfg, params, threads, seed);
   const ipotRun = ipotProgram(threads);
+  const gemm = new GemmProbe(threads);
   const say = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
   const batches = new Map<string, Batch>();
   const load = (file: unknown): Batch => {
@@ -172,8 +218,13 @@ async function serve(opts: Options): Promise<void> {
         if (req.task !== 'mlm' && req.task !== 'itm') throw new Error(`train: task must be mlm or itm, got ${JSON.stringify(req.task)}`);
         extra = await trainer.train(req.task, load(req.batch));
       } else if (req.op === 'infer') {
-        const scores = await trainer.infer(load(req.batch));
+        const scores = await trainer.infer(load(req.batch), (req as { baked?: boolean }).baked === true);
         extra = { pairs: scores.shape[0] };
+      } else if (req.op === 'gemm') {
+        const { m, k, n } = req as unknown as { m: number; k: number; n: number };
+        if (![m, k, n].every((d) => Number.isInteger(d) && d > 0)) throw new Error(`gemm: m, k and n must be positive integers, got ${text}`);
+        await gemm.run(m, k, n);
+        extra = { gflop: (2 * m * k * n) / 1e9 };
       } else if (req.op === 'ipot') {
         const plan = (await ipotRun.run(load(req.inputs))).get('plan')!;
         extra = { plan_shape: plan.shape };

@@ -1,5 +1,5 @@
 /**
- * `uniter finetune TASK`: fine-tune UNITER on a downstream task (vqa, ve, nlvr2, vcr). Without
+ * `uniter finetune TASK`: fine-tune UNITER on a downstream task of the registry (finetune/tasks.ts). Without
  * options it starts from the latest `uniter pretrain` run (runs/pretrain-default) when there is
  * one, trains on the synthetic world with the task's default settings, keeps the best model by
  * the validation metric in OUT/best, and writes the log, the report and the results files.

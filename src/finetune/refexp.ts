@@ -290,7 +290,7 @@ export function reDefaultSettings(steps = RE_WORLD_STEPS): FinetuneSettings {
 }
 
 export const RE_WORLD_STEPS = 300;
-export const RE_WORLD_LR = 1e-4;
+export const RE_WORLD_LR = 5e-4;
 
 export const reTask: TaskDefinition = {
   name: 're',

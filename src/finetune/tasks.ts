@@ -21,6 +21,8 @@ import type { HeadName, HeadOptions } from '../model/params.js';
 import type { UniterRunner } from '../model/runner.js';
 import type { Evaluation, FinetuneJob, FinetuneSettings, SurgeryHooks, TrainBatchSource } from './trainer.js';
 import { nlvr2Task } from './nlvr2.js';
+import { reTask } from './refexp.js';
+import { retrievalTask } from './retrieval.js';
 import { vcrTask } from './vcr.js';
 import { veTask } from './ve.js';
 import { vqaTask } from './vqa.js';
@@ -381,7 +383,7 @@ export interface TaskDefinition {
 
 /** The tasks of `uniter finetune` / `uniter evaluate`, by name. */
 export function taskRegistry(): Map<string, TaskDefinition> {
-  return new Map([vqaTask, veTask, nlvr2Task, vcrTask].map((t) => [t.name, t]));
+  return new Map([vqaTask, veTask, nlvr2Task, vcrTask, retrievalTask, reTask].map((t) => [t.name, t]));
 }
 
 export function getTask(name: string): TaskDefinition {

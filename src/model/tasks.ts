@@ -109,7 +109,7 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
     txtTypes: task === 'vcr',
   });
   const capture = opts.capture ? new Map<string, Tensor>() : undefined;
-  const seq = uniterForward(P, cfg, inp, { training: opts.training, capture });
+  const seq = uniterForward(P, cfg, inp, { training: opts.training, gradients: opts.grads, capture });
   const out: Record<string, Tensor> = { sequence_output: seq };
   let loss: Tensor | null = null;
   const infer = !!opts.inference;

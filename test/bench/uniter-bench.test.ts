@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { describe, it } from 'node:test';
-import { Server, formatTable, median, summarize } from '../../bench/harness.js';
+import { ChildKilledError, MemoryGuard, Server, formatTable, median, summarize } from '../../bench/harness.js';
 import { renderBenchmarks, writeBenchmarksDoc } from '../../bench/report.js';
 import { batchTokens, makeBatch, makeIpotInputs, readBatch, writeBatch } from '../../bench/uniter/workload.js';
 import { toNumbers } from '../../src/engine/host.js';
@@ -48,6 +48,27 @@ describe('bench harness', () => {
       await assert.rejects(server.request({ fail: true }), /echo child: asked to fail/);
     } finally {
       await server.quit();
+    }
+  });
+
+  it('stops a child whose memory passes its limit and fails its request with the reason', { skip: process.platform !== 'linux' }, async () => {
+    const script = [
+      "process.stdout.write(JSON.stringify({ready: true}) + '\\n');",
+      "require('readline').createInterface({input: process.stdin}).on('line', () => {",
+      '  const held = [];',
+      '  setInterval(() => held.push(Buffer.alloc(32 * 1024 * 1024, 1)), 20);',
+      '});',
+    ].join('\n');
+    const guard = new MemoryGuard(0, 50);
+    const { server } = await Server.start('hungry child', process.execPath, ['-e', script]);
+    try {
+      guard.watch(server, 256 * 1024 * 1024);
+      await assert.rejects(server.request('grow'), (e: unknown) => e instanceof ChildKilledError && /passed the limit of 0\.25 GiB/.test(e.message) && /hungry child was stopped/.test(e.message));
+      assert.equal(guard.events.length, 1);
+      assert.ok(guard.events[0].rss_bytes > 256 * 1024 * 1024);
+    } finally {
+      guard.stop();
+      server.kill('test cleanup');
     }
   });
 });
@@ -126,6 +147,8 @@ describe('bench report', () => {
     speedup: torch / engine,
     speedup_paired: summary(torch / engine),
     speedup_cpu: torch / engine,
+    engine_peak_rss_bytes: 6 * 1024 ** 3,
+    torch_peak_rss_bytes: { '1x2': 3 * 1024 ** 3 },
   });
   const results = {
     started: '2026-01-01T00:00:00Z',
@@ -138,13 +161,21 @@ describe('bench report', () => {
     scenarios: {
       train: {
         scenario: 'train',
+        mode: 'sequential',
         cases: [trainCase('mlm', 10, 13), trainCase('itm', 12, 12)],
-        engine_ready: {},
+        engine_ready: [{}],
         torch_ready: [{ torch: '1.13', blas_libraries: ['/usr/lib/libopenblas.so'] }],
-        engine_peak_rss_bytes: 6 * 1024 ** 3,
-        torch_peak_rss_bytes: { '1x2': 3 * 1024 ** 3 },
         seconds: 100,
       },
+    },
+    memory: {
+      steps: ['MLM step 52x36', 'ITM+WRA step 52x36'],
+      tokens: 4056,
+      runs: [
+        { label: 'engine (as shipped)', experiment: false, steps: [{ task: 'mlm', rss_after_bytes: 5 * 1024 ** 3, max_rss_bytes: 5 * 1024 ** 3, seconds: 10 }], peak_rss_bytes: 17 * 1024 ** 3, stopped: 'the machine had only 1.20 GiB available' },
+        { label: 'engine with ORT session options {}', experiment: true, steps: [], peak_rss_bytes: 8 * 1024 ** 3, stopped: null },
+        { label: 'PyTorch 1x2', experiment: false, steps: [], peak_rss_bytes: 4 * 1024 ** 3, stopped: null },
+      ],
     },
     data_loader: null,
     targets: [
@@ -164,7 +195,9 @@ describe('bench report', () => {
       assert.match(markdown, /Hand-written analysis paragraph\./);
       // MLM: 13 s PyTorch / 10 s engine = 1.30x; 52 examples / 10 s = 5.2 examples/s.
       assert.match(markdown, /\| mlm step 52x36 \| 10\.0 \(9\.00–11\.0\) \| 13\.0 \(11\.7–14\.3\) \[1x2\] \| 5\.2 \/ 4\.0 \| \*\*1\.30x\*\*/);
-      assert.match(markdown, /\| train \| 6\.00 GiB \| 3\.00 GiB \[1x2\] \| 0\.50x \|/);
+      assert.match(markdown, /\| mlm step 52x36 \| 6\.00 GiB \| 3\.00 GiB \[1x2\] \| 0\.50x \|/);
+      assert.match(markdown, /\| engine \(as shipped\) \| 5\.00 GiB \| - \| \*\*17\.00 GiB\*\* \| stopped by the memory guard: the machine had only 1\.20 GiB available \|/);
+      assert.match(markdown, /\| engine with ORT session options \{\} \(_experiment_\) \|/);
       assert.match(markdown, /node dist\/bench\/uniter\/run\.js/);
       assert.ok(charts['benchmarks-speedup.svg'].startsWith('<svg'));
       assert.ok(charts['benchmarks-memory.svg'].includes('</svg>'));
