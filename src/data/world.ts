@@ -455,7 +455,7 @@ function buildNlvr2({ seed, opts, tok, mainName: fname }: BuildContext, split: S
  * categories.json (one category per shape) and images.json (ann_ids in GT feature-row order).
  */
 function buildRe({ seed, opts, tok, gtName }: BuildContext, split: Split, scenes: readonly Scene[]): WorldTextDb {
-  const db = new WorldTextDb(`re_world_${split}`, [GT_PROFILE.name]);
+  const db = new WorldTextDb(`re_world_${split}`, [GT_PROFILE.name, DET_PROFILE.name]);
   const refs: unknown[] = [];
   const annotations: unknown[] = [];
   const images: unknown[] = [];

@@ -665,6 +665,10 @@ export function retrievalOptions(options: TaskOptionValues, source: string): Ret
   return r;
 }
 
+export const RETRIEVAL_WORLD_STEPS = 200;
+/** The pre-training peak rate (the official 5e-5 is for base models at 5000 steps). */
+export const RETRIEVAL_WORLD_LR = 5e-4;
+
 /**
  * Defaults on the synthetic world (tiny model, 2 cores): the official hard-negative recipe's
  * shape (8 captions per step, AdamW (0.9, 0.98), weight decay 0.01, clip 2.0, 10% warm-up,
@@ -693,9 +697,6 @@ export function retrievalDefaultSettings(steps = RETRIEVAL_WORLD_STEPS): Finetun
     dropout: 0.1,
   };
 }
-
-export const RETRIEVAL_WORLD_STEPS = 200;
-export const RETRIEVAL_WORLD_LR = 5e-4;
 
 export const retrievalTask: TaskDefinition = {
   name: 'retrieval',
