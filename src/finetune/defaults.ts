@@ -35,7 +35,7 @@ const COMMON: Omit<FinetuneSettings, 'trainBatchTokens' | 'valBatchSize' | 'lear
 };
 
 /** A linear schedule of `steps` with 10% warm-up, validation 5 times, a checkpoint at each validation. */
-function recipe(steps: number, s: Partial<FinetuneSettings>): FinetuneSettings {
+export function recipe(steps: number, s: Partial<FinetuneSettings>): FinetuneSettings {
   const every = Math.max(1, Math.round(steps / 5));
   return {
     ...COMMON,

@@ -30,6 +30,7 @@ import { argmaxRows } from './metrics.js';
 import { computeIoU, isCorrectGrounding, regionBoxXywh, type XywhBox } from './iou.js';
 import { loaderSource, splitOf, type EvalSplit, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './tasks.js';
 import type { Evaluation, FinetuneSettings } from './trainer.js';
+import { recipe } from './defaults.js';
 
 export type ReBoxes = 'gt' | 'det';
 export type ReGraphTask = 're_mlp1' | 're_mlp2';
@@ -271,26 +272,7 @@ export const RE_WORLD_LR = 5e-4;
  * 24, linear warm-up/decay) with fewer steps; validation 5 times.
  */
 export function reDefaultSettings(steps = RE_WORLD_STEPS): FinetuneSettings {
-  const every = Math.max(1, Math.round(steps / 5));
-  return {
-    trainBatchTokens: 128,
-    valBatchSize: 256,
-    accumulation: 1,
-    learningRate: RE_WORLD_LR,
-    lrMultiplier: 1,
-    warmupSteps: Math.max(1, Math.round(steps / 10)),
-    steps,
-    validEvery: every,
-    saveEvery: every,
-    keepCheckpoints: 2,
-    logEvery: 1,
-    gradNorm: 2.0,
-    weightDecay: 0.01,
-    betas: [0.9, 0.98],
-    seed: 24,
-    maxTxtLen: 60,
-    dropout: 0.1,
-  };
+  return recipe(steps, { trainBatchTokens: 128, valBatchSize: 256, learningRate: RE_WORLD_LR, seed: 24 });
 }
 
 export const reTask: TaskDefinition = {

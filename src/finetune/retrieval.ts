@@ -37,6 +37,7 @@ import type { UniterRunner } from '../model/runner.js';
 import { initRankOutput } from '../model/surgery.js';
 import { Rng } from '../util/rng.js';
 import type { Evaluation, FinetuneSettings, MicroStep, SurgeryHooks, TrainBatchSource } from './trainer.js';
+import { recipe } from './defaults.js';
 import { splitOf, type EvalSplit, type TaskDefinition, type TaskOptionValues } from './tasks.js';
 import { type RetrievalMetrics, type ScoreMatrix, metricsFromRanks, retrievalRanks } from './recall.js';
 
@@ -677,25 +678,13 @@ export const RETRIEVAL_WORLD_LR = 5e-4;
  */
 export function retrievalDefaultSettings(steps = RETRIEVAL_WORLD_STEPS): FinetuneSettings {
   const every = Math.max(1, Math.round(steps / 2));
-  return {
+  return recipe(steps, {
     trainBatchTokens: WORLD_HARD_NEGATIVES.captionsPerStep,
     valBatchSize: DEFAULT_SCORING.rowsPerBatch,
-    accumulation: 1,
     learningRate: RETRIEVAL_WORLD_LR,
-    lrMultiplier: 1,
-    warmupSteps: Math.max(1, Math.round(steps / 10)),
-    steps,
     validEvery: every,
     saveEvery: every,
-    keepCheckpoints: 2,
-    logEvery: 1,
-    gradNorm: 2.0,
-    weightDecay: 0.01,
-    betas: [0.9, 0.98],
-    seed: 42,
-    maxTxtLen: 60,
-    dropout: 0.1,
-  };
+  });
 }
 
 export const retrievalTask: TaskDefinition = {
