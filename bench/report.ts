@@ -253,11 +253,21 @@ export function renderBenchmarks(resultsDir: string, docsDir: string): { markdow
     md.push('', '## Scaling of the ITM+WRA training step', '');
     md.push(
       table(
-        ['batch', 'tokens', 'engine s', 'PyTorch s', 'engine tokens/s', 'PyTorch tokens/s', 'speedup', 'CPU-s ratio'],
+        ['batch', 'tokens', 'engine s', 'PyTorch s', 'engine tokens/s', 'PyTorch tokens/s', 'speedup', 'CPU-s ratio', 'peak RSS engine / PyTorch'],
         scaling.cases.map((c) => {
           const t = fastestTorch(c);
           const tok = c.tokens ?? 0;
-          return [c.label.replace('ITM+WRA step ', ''), String(tok), spread(c.engine.wall), spread(t.wall), (tok / c.engine.wall.median).toFixed(0), (tok / t.wall.median).toFixed(0), x(c.speedup), x(c.speedup_cpu)];
+          return [
+            c.label.replace('ITM+WRA step ', ''),
+            String(tok),
+            spread(c.engine.wall),
+            spread(t.wall),
+            (tok / c.engine.wall.median).toFixed(0),
+            (tok / t.wall.median).toFixed(0),
+            x(c.speedup),
+            x(c.speedup_cpu),
+            `${gib(c.engine_peak_rss_bytes)} / ${gib(c.torch_peak_rss_bytes[t.setting] ?? NaN)}`,
+          ];
         }),
       ),
     );

@@ -10,7 +10,8 @@
  *   infer    ITM scoring throughput (pairs/s) at batch 1 and batch 64, and the largest GEMM of
  *            the model alone (ORT's MLAS against PyTorch's OpenBLAS)
  *   ipot     IPOT alone (50 iterations) on B x 42 x 36 costs (in the infer processes)
- *   scaling  ITM+WRA step time over batch sizes (8, 16, 32, 64 examples) and 36 vs 100 regions
+ *   scaling  ITM+WRA step time and peak RSS over batch sizes (8, 16, 32, 64 examples) and 36 vs
+ *            100 regions (each point in fresh processes)
  *   memory   peak RSS of one process training MLM, ITM+WRA, MLM, ITM+WRA (as a pre-training
  *            process does), for the engine as shipped, engine variants with other ORT session
  *            options (experiments, labelled so) and PyTorch: the "base trains at 4096 tokens
@@ -688,7 +689,8 @@ async function main(): Promise<void> {
       for (const n of o.scalingRegions.slice(1)) cases.push(trainCase(files, 'itm', { examples: o.scalingExamples, regions: n, wordpieces: w }));
       const seen = new Set<string>();
       const unique = cases.filter((c) => !seen.has(c.label) && seen.add(c.label));
-      scenarios.scaling = await withRetry(ctx, 'scaling', () => runScenario(ctx, 'scaling', unique, { rounds: o.scalingRounds, sequential: o.sequentialTraining }));
+      // Each point in its own processes: its peak RSS is then the memory that batch size needs.
+      scenarios.scaling = await runCasesApart(ctx, 'scaling', unique, { rounds: o.scalingRounds, sequential: o.sequentialTraining });
       printScenario(scenarios.scaling);
     }
     if (want('memory')) {
