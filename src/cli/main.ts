@@ -17,6 +17,7 @@ async function loadCommands(): Promise<Command[]> {
     () => import('./check-golden.js'),
     () => import('./pretrain.js'),
     () => import('./export-onnx.js'),
+    () => import('./ablate.js'),
   ];
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }
