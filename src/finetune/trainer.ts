@@ -28,32 +28,15 @@ import { AdamW, clipGradNorm } from '../pretrain/optimizer.js';
 import { learningRateAt } from '../pretrain/schedule.js';
 import { CONFIG_FILE, LATEST_FILE, MODEL_FILE, TRAINER_FILE, checkpointRoot, loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from '../pretrain/checkpoint.js';
 import { JsonlLogger, ProgressDisplay } from '../pretrain/progress.js';
+import type { TrainLoopSettings } from '../pretrain/settings.js';
 import { writeFileAtomic } from '../util/atomic.js';
 
-export interface FinetuneSettings {
-  /** Tokens (padding included) per training micro-batch (official train_batch_size). */
-  trainBatchTokens: number;
+/** Fine-tuning settings: the shared loop settings plus the evaluation batch, head rate and dropout. */
+export interface FinetuneSettings extends TrainLoopSettings {
   /** Evaluation batch size (official val_batch_size): tokens, except VCR which counts examples as the official VCR trainer. */
   valBatchSize: number;
-  accumulation: number;
-  learningRate: number;
   /** Rate multiplier of the head's parameters (official lr_mul: VQA 10, others 1). */
   lrMultiplier: number;
-  warmupSteps: number;
-  steps: number;
-  /** Validate every N optimizer steps (and always after the last one); 0 = only at the end. */
-  validEvery: number;
-  /** Checkpoint every N steps (and always at the end); 0 = only at the end. */
-  saveEvery: number;
-  keepCheckpoints: number;
-  logEvery: number;
-  /** Global gradient-norm clip; <= 0 (official -1) disables clipping. */
-  gradNorm: number;
-  weightDecay: number;
-  betas: [number, number];
-  seed: number;
-  /** Training examples with more wordpieces are dropped (official 60, VCR 220). */
-  maxTxtLen: number;
   /** Dropout of the encoder (official set_dropout). */
   dropout: number;
 }

@@ -22,6 +22,7 @@ import { learningRateAt } from './schedule.js';
 import { loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from './checkpoint.js';
 import { JsonlLogger, ProgressDisplay } from './progress.js';
 import { evaluateTask, TaskMetrics } from './validate.js';
+import type { TrainLoopSettings } from './settings.js';
 
 export interface PretrainSource {
   name: string;
@@ -31,23 +32,10 @@ export interface PretrainSource {
   mix_ratio?: number[];
 }
 
-export interface TrainSettings {
-  trainBatchTokens: number;
+/** Pre-training settings: the shared loop settings plus masking, ITM/WRA and the schedule kind. */
+export interface TrainSettings extends TrainLoopSettings {
   valBatchTokens: number;
-  accumulation: number;
-  learningRate: number;
   schedule: 'linear' | 'constant';
-  warmupSteps: number;
-  steps: number;
-  validEvery: number;
-  saveEvery: number;
-  keepCheckpoints: number;
-  logEvery: number;
-  gradNorm: number;
-  weightDecay: number;
-  betas: [number, number];
-  seed: number;
-  maxTxtLen: number;
   mrmProb: number;
   itmNegProb: number;
   otLambda: number;
