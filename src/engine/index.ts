@@ -6,6 +6,7 @@ export * from './ops.js';
 export { grad } from './autodiff.js';
 export { emitOnnx, OPSET } from './onnx.js';
 export type { EmittedModel, EmitOptions } from './onnx.js';
-export { compile, Program, setDefaultThreads, sessionStats } from './runtime.js';
+export { compile, Program, setDefaultThreads, setSessionSettings, sessionStats } from './runtime.js';
+export type { SessionSettings } from './runtime.js';
 export type { DropoutSeed, RuntimeOptions } from './runtime.js';
 export * from './safetensors.js';

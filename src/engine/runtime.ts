@@ -18,6 +18,28 @@ export interface RuntimeOptions {
   threads?: number;
 }
 
+/**
+ * ONNX Runtime session settings shared by every program.
+ *
+ * cpuMemArena: ORT's CPU arena keeps every block it ever allocated and, with batch and sequence
+ * sizes changing between runs, keeps growing: one process training UNITER-base at ~4k tokens on
+ * MLM and ITM+WRA in turn reached 20 GiB with it, 10.5 GiB peak / 6.3 GiB steady without it, at
+ * the same speed (training and inference measured side by side; bench/results). Off by default.
+ *
+ * spinning: whether idle intra-op threads busy-wait for work. ORT's default (on) burns CPU that
+ * other processes on a shared machine could use; see docs/benchmarks.md for the measurement.
+ */
+export interface SessionSettings {
+  cpuMemArena: boolean;
+  spinning: boolean;
+}
+
+const sessionSettings: SessionSettings = { cpuMemArena: false, spinning: true };
+
+export function setSessionSettings(s: Partial<SessionSettings>): void {
+  Object.assign(sessionSettings, s);
+}
+
 let defaultThreads = Math.max(1, typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length);
 
 export function setDefaultThreads(n: number): void {
@@ -43,7 +65,7 @@ export class Program {
     private readonly graph: Graph,
     private readonly threads: number,
   ) {
-    this.signature = createHash('sha256').update(model.bytes).update(`threads=${threads}`).digest('hex');
+    this.signature = createHash('sha256').update(model.bytes).update(`threads=${threads}`).update(JSON.stringify(sessionSettings)).digest('hex');
   }
 
   private session(): Promise<ort.InferenceSession> {
@@ -56,6 +78,8 @@ export class Program {
           interOpNumThreads: 1,
           executionMode: 'sequential',
           graphOptimizationLevel: 'all',
+          enableCpuMemArena: sessionSettings.cpuMemArena,
+          extra: { session: { intra_op: { allow_spinning: sessionSettings.spinning ? '1' : '0' } } },
         });
         sessionCache.set(this.signature, p);
       }
@@ -108,10 +132,7 @@ export class Program {
 function dropoutMask(n: number, keep: number, site: string, seed?: DropoutSeed): Float32Array {
   const out = new Float32Array(n);
   if (!seed) throw new Error(`run: graph has dropout site ${site} but no dropout seed was given (pass {seed, step})`);
-  const rng = new Rng(seed.seed, 'dropout', seed.step, site);
-  const scale = 1 / keep;
-  const threshold = keep * 4294967296;
-  for (let i = 0; i < n; i++) out[i] = rng.nextU32() < threshold ? scale : 0;
+  new Rng(seed.seed, 'dropout', seed.step, site).fillThreshold(out, keep * 4294967296, 1 / keep);
   return out;
 }
 
