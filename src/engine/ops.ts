@@ -738,10 +738,27 @@ export function oneHot(indices: Tensor, depth: number, dtype: DType = 'float32')
 
 /** Exact GELU: x * 0.5 * (1 + erf(x / sqrt(2))). */
 export function gelu(x: Tensor): Tensor {
-  // Written as Div(x, sqrt 2) -> Erf -> Add 1 -> Mul with Mul(x, 0.5): the exact form ONNX
-  // Runtime's GeluFusion recognises, so inference graphs run one fused Gelu kernel.
-  return mul(mul(x, 0.5), add(erf(div(x, Math.SQRT2)), 1));
+  if (!isFloat(x.dtype)) shapeError('gelu', `needs a float tensor, got ${x.dtype}`, x.shape);
+  return x.graph.add('gelu', [x], {}, x.shape, x.dtype);
 }
+OPS.gelu = {
+  // Emitted as Div(x, sqrt 2) -> Erf -> Add 1 -> Mul with Mul(x, 0.5): the exact form ONNX
+  // Runtime's GeluFusion recognises. Its intermediates have no other consumers (the gradient
+  // rule below starts again from x), so training graphs get the one fused kernel too.
+  emit: (ctx, t) => {
+    const x = ctx.input(t, 0);
+    const onePlusErf = ctx.node('Add', [ctx.node('Erf', [ctx.node('Div', [x, ctx.scalar(Math.SQRT2, t.dtype)])]), ctx.scalar(1, t.dtype)]);
+    return ctx.node('Mul', [ctx.node('Mul', [x, ctx.scalar(0.5, t.dtype)]), onePlusErf]);
+  },
+  // gelu'(x) = Phi(x) + x phi(x), from x (which the backward keeps instead of the slope: same size).
+  grad: (t, g) => {
+    const x = t.inputs[0];
+    const twicePhi = add(erf(mul(x, Math.SQRT1_2)), 1);
+    const xDensity = mul(x, exp(mul(mul(x, x), -0.5))); // x phi(x) sqrt(2 pi)
+    const twiceSlope = add(twicePhi, mul(xDensity, 2 / Math.sqrt(2 * Math.PI)));
+    return [mul(mul(g, 0.5), twiceSlope)];
+  },
+};
 
 /** Inverted dropout with a mask the runtime draws from (seed, step); identity when not training. */
 export function dropout(x: Tensor, p: number, training: boolean): Tensor {

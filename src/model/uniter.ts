@@ -88,7 +88,7 @@ export class Params {
 
 export interface ForwardOptions {
   training: boolean;
-  /** The graph will be differentiated: use the encoder GELU that keeps less for the backward. */
+  /** The graph will be differentiated: project Q, K and V with one fused GEMM (see fusedQkv). */
   gradients?: boolean;
   /** Capture intermediate tensors (embeddings, each layer) for parity checks. */
   capture?: Map<string, Tensor>;
@@ -172,10 +172,15 @@ function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, 
   const heads = cfg.num_attention_heads;
   const dh = cfg.hidden_size / heads;
   const [B, T] = x.shape;
-  const split = (t: Tensor) => transpose(reshape(t, [B, T, heads, dh]), [0, 2, 1, 3]);
-  const q = split(dense(P, `${prefix}.self.query`, x));
-  const k = split(dense(P, `${prefix}.self.key`, x));
-  const v = split(dense(P, `${prefix}.self.value`, x));
+  let q: Tensor, k: Tensor, v: Tensor;
+  if (opts.gradients) {
+    [q, k, v] = fusedQkv(P, prefix, x, heads, dh);
+  } else {
+    const split = (t: Tensor) => transpose(reshape(t, [B, T, heads, dh]), [0, 2, 1, 3]);
+    q = split(dense(P, `${prefix}.self.query`, x));
+    k = split(dense(P, `${prefix}.self.key`, x));
+    v = split(dense(P, `${prefix}.self.value`, x));
+  }
   const scores = add(div(matmul(q, transposeLast2(k)), Math.sqrt(dh)), maskAdd);
   const probs = dropout(softmax(scores, -1), cfg.attention_probs_dropout_prob, opts.training);
   const ctx = reshape(transpose(matmul(probs, v), [0, 2, 1, 3]), [B, T, cfg.hidden_size]);
@@ -183,29 +188,31 @@ function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, 
   return ln(P, `${prefix}.output.LayerNorm`, add(out, x));
 }
 
+/**
+ * Q, K and V [B, heads, T, dh] from one GEMM over the three official weights concatenated in the
+ * graph (the parameters keep their names). For training graphs: the backward then runs one
+ * input-gradient GEMM and one weight-gradient GEMM instead of three each plus two additions, and
+ * the three head gradients are joined by one concat (see tiledSlices in autodiff). Inference
+ * graphs keep three projections: there the per-run weight concat would cost more than it saves.
+ */
+function fusedQkv(P: Params, prefix: string, x: Tensor, heads: number, dh: number): [Tensor, Tensor, Tensor] {
+  const names = ['query', 'key', 'value'].map((n) => `${prefix}.self.${n}`);
+  const w = concat(names.map((n) => P.get(`${n}.weight`)), 0);
+  const b = concat(names.map((n) => P.get(`${n}.bias`)), 0);
+  const [B, T] = x.shape;
+  // [B, T, 3H] -> [3, B, heads, T, dh]: one transpose for all three.
+  const qkv = transpose(reshape(linear(x, w, b), [B, T, 3, heads, dh]), [2, 0, 3, 1, 4]);
+  const part = (i: number) => squeeze(slice(qkv, 0, i, i + 1), [0]);
+  return [part(0), part(1), part(2)];
+}
+
 function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, maskAdd: Tensor, opts: ForwardOptions): Tensor {
   const p = `uniter.encoder.layer.${l}`;
   const a = selfAttention(P, cfg, `${p}.attention`, x, maskAdd, opts);
   const inter = dense(P, `${p}.intermediate.dense`, a);
-  const h = opts.gradients ? geluKeepingSlope(inter) : gelu(inter);
+  const h = gelu(inter);
   const o = dropout(dense(P, `${p}.output.dense`, h), cfg.hidden_dropout_prob, opts.training);
   return ln(P, `${p}.output.LayerNorm`, add(o, a));
-}
-
-/**
- * Exact GELU for graphs with a backward pass, keeping one tensor for it. Differentiated as
- * composed, x * 0.5 * (1 + erf(x / sqrt 2)) leaves three [tokens, FFN] intermediates alive until
- * the backward (0.5x, 1 + erf(.), x / sqrt 2): at base size and 4096 tokens that is 100 MB per
- * layer more than PyTorch keeps. Here the value is that same expression under stopGradient, and
- * the gradient flows through (x - stopGradient(x)) * gelu'(x), which adds exactly zero to the
- * value; the backward keeps only gelu'(x) = Phi(x) + x phi(x), computed in the forward pass.
- */
-function geluKeepingSlope(x: Tensor): Tensor {
-  const onePlusErf = add(erf(div(x, Math.SQRT2)), 1);
-  const value = mul(mul(x, 0.5), onePlusErf); // the engine's gelu, sharing the erf
-  const density = mul(exp(mul(mul(x, x), -0.5)), 1 / Math.sqrt(2 * Math.PI));
-  const slope = stopGradient(add(mul(onePlusErf, 0.5), mul(x, density)));
-  return add(stopGradient(value), mul(sub(x, stopGradient(x)), slope));
 }
 
 /** The encoder input: [text, regions, padding] per row, gathered from cat(text, image) by gather_index. */
