@@ -126,7 +126,11 @@ export function finding(r: AblationReport): string {
   const best = pre.reduce((a, b) => (b.meta_sum.mean > a.meta_sum.mean ? b : a));
   const beating = pre.filter((v) => v.meta_sum.mean > none.meta_sum.mean);
   const verdict = beating.length === 0 ? 'No pre-trained variant beats no pre-training on mean Meta-Sum' : `${beating.length} of ${pre.length} pre-trained variants beat no pre-training on mean Meta-Sum`;
-  return `${verdict}. Best: ${best.label} at ${fmt(best.meta_sum)} against ${fmt(none.meta_sum)} without pre-training (difference ${(best.meta_sum.mean - none.meta_sum.mean).toFixed(2)}).`;
+  const diff = best.meta_sum.mean - none.meta_sum.mean;
+  // A gap smaller than the seeds' spread is not evidence either way; say so rather than rank.
+  const spread = Math.max(best.meta_sum.std ?? 0, none.meta_sum.std ?? 0);
+  const caveat = best.meta_sum.std === null ? ' With one seed there is no spread to judge the difference by.' : Math.abs(diff) <= spread ? ' The difference is within one standard deviation over seeds.' : '';
+  return `${verdict}. Best: ${best.label} at ${fmt(best.meta_sum)} against ${fmt(none.meta_sum)} without pre-training (difference ${diff.toFixed(2)}).${caveat}`;
 }
 
 export function markdownReport(r: AblationReport, files: { chart: string; metaChart: string }): string {
@@ -135,7 +139,7 @@ export function markdownReport(r: AblationReport, files: { chart: string; metaCh
   const out: string[] = [];
   out.push(`# ${r.title}`, '');
   out.push(
-    `Each cell pre-trains a tiny UNITER on the synthetic world (${String(s.pretrainSteps)} steps; none for the first row), then fine-tunes it on each task ` +
+    `Each cell pre-trains a tiny UNITER on the synthetic world (${String(s.pretrainSteps)} steps; none for the no-pre-training row), then fine-tunes it on each task ` +
       `(${Object.entries(s.finetuneSteps as Record<string, number>).map(([t, n]) => `${t} ${n}`).join(', ')} steps) and scores the final model on the held-out test split. ` +
       `Scores are percent (VQA score, retrieval recall@1 for image (IR) and text (TR) retrieval, NLVR2 accuracy, referring-expression accuracy on detected boxes); ` +
       `Meta-Sum is their sum, as in the paper. Mean ± sample standard deviation over seeds ${seeds.join(', ')} (each seed: its own world and initialization).`,
