@@ -159,7 +159,7 @@ export function renderBenchmarks(resultsDir: string, docsDir: string): { markdow
         [
           'timing',
           `${u.method.warmup} warm-up request(s) per case and side (the first one, with session creation, reported apart), then ${u.method.rounds} rounds (scaling: ${String(u.method.scaling_rounds ?? u.method.rounds)}); ` +
-            `inference requests alternate between the two live processes; training cases run ${u.method.training_mode === 'interleaved' ? 'interleaved too' : 'one side after the other (the two base-size training processes do not fit in memory together)'}; ` +
+            `${u.method.training_mode === 'interleaved' ? 'requests alternate between the two live processes (engine first in even rounds); each training task and scaling point has its own pair of processes' : 'inference requests alternate between the two live processes; training cases run one side after the other (sequential mode: load changes between the two phases bias the wall-clock ratio, the CPU-seconds ratio less so)'}; ` +
             'medians with (min–max); "paired" = median of per-round PyTorch/engine ratios; CPU-s = CPU seconds of the process per request (all its threads)',
         ],
         ['memory', String(u.method.peak_rss)],

@@ -38,7 +38,7 @@ import { hookSessions, parseSessionOptions } from './ort-session.js';
 import { ADAMW_OPTIONS, GRAD_CLIP, LEARNING_RATE, makeBatch, makeIpotInputs, readBatch, writeBatch } from './workload.js';
 
 /** The small configuration of the parity check (the benchmark itself uses PRESETS.base). */
-export const PARITY_CONFIG: UniterConfig = { ...PRESETS.base, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128 };
+const PARITY_CONFIG: UniterConfig = { ...PRESETS.base, hidden_size: 64, num_hidden_layers: 2, num_attention_heads: 4, intermediate_size: 128 };
 
 type Options = Map<string, string>;
 
