@@ -27,14 +27,15 @@ export interface RuntimeOptions {
  * the same speed (training and inference measured side by side; bench/results). Off by default.
  *
  * spinning: whether idle intra-op threads busy-wait for work. ORT's default (on) burns CPU that
- * other processes on a shared machine could use; see docs/benchmarks.md for the measurement.
+ * other processes could use; off measured faster on the shared 2-core machine (UNITER training
+ * steps 1.11-1.14x, batch-1 inference 1.4x, interleaved A/B; docs/benchmarks.md). Off by default.
  */
 export interface SessionSettings {
   cpuMemArena: boolean;
   spinning: boolean;
 }
 
-const sessionSettings: SessionSettings = { cpuMemArena: false, spinning: true };
+const sessionSettings: SessionSettings = { cpuMemArena: false, spinning: false };
 
 export function setSessionSettings(s: Partial<SessionSettings>): void {
   Object.assign(sessionSettings, s);
