@@ -15,12 +15,12 @@ import { intFlag } from './finetune.js';
 import type { Command } from './main.js';
 
 /**
- * Defaults sized for roughly 35-45 minutes on an idle 2-core machine. Measured per-step and fixed
- * costs (1 ONNX thread, CPU seconds, tiny model, default world): pre-training 0.15-0.24 s/step
- * (ITM without OT cheapest, the four-task mix with WRA dearest) + about 6 s; fine-tuning VQA
- * 0.27 s/step + 4 s, retrieval 0.82 s/step + 26 s (two 50-image galleries scored), NLVR2
- * 0.38 s/step + 3 s, RE 0.40 s/step + 7 s. Per seed: 6 pre-trainings and 28 fine-tunings,
- * about 15 minutes at these settings, of which a third is the fixed evaluation cost.
+ * Defaults sized for roughly 35-45 minutes on an idle 2-core machine. Measured at these settings
+ * (1 ONNX thread on a loaded 2-core machine, CPU seconds, tiny model, default world): a cell
+ * without pre-training 99 s (VQA 22, retrieval 40, NLVR2 15, RE 22: the fixed evaluation cost of
+ * the val and test splits is about a third), pre-training 200 steps of the four-task mix with WRA
+ * 60 s (MLM alone or ITM without OT cost less). Per seed: 6 pre-trainings and 28 fine-tunings,
+ * about 16 CPU-minutes; with 2 threads on an idle machine the wall time is lower.
  */
 export const ABLATION_DEFAULTS = {
   seeds: 3,
