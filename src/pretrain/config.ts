@@ -6,7 +6,7 @@
  * Differences from the official files: the model is `model: {preset}` or `model: {config}`
  * (a path or inline fields; the official `model_config` path is accepted too); relative paths
  * are resolved against the config file's directory; a few fields of this port are added
- * (`save_steps`, `keep_checkpoints`, `log_steps`, `lr_schedule`, `joint_masking`). Official
+ * (`save_steps`, `keep_checkpoints`, `log_steps`, `lr_schedule`, `joint_masking`, `lr_multipliers`). Official
  * fields that have no meaning here (`fp16`, `n_workers`, `pin_mem`, `compressed_db`) are
  * accepted and ignored; `optim` must be 'adamw'.
  */
@@ -73,6 +73,8 @@ export interface PretrainConfig {
   itm_ot_lambda: number;
   /** Ablation switch: mask text and regions in the same example instead of conditional masking. */
   joint_masking: boolean;
+  /** Learning-rate multiplier per parameter-name substring, e.g. {"img_linear": 0.1}; first match wins. */
+  lr_multipliers: Record<string, number>;
 }
 
 /** Defaults of every optional field (official in-domain base values where one exists). */
@@ -103,6 +105,7 @@ export const PRETRAIN_DEFAULTS = {
   itm_neg_prob: 0.5,
   itm_ot_lambda: 0.1,
   joint_masking: false,
+  lr_multipliers: {},
 } as const satisfies Partial<Record<keyof PretrainConfig, unknown>>;
 
 /** Official fields that this port accepts and ignores. */
@@ -214,9 +217,24 @@ export function parsePretrainConfig(raw: unknown, options: ParseOptions = {}): P
     itm_neg_prob: v.number(obj, 'itm_neg_prob', 0, 1) ?? 0,
     itm_ot_lambda: v.number(obj, 'itm_ot_lambda', 0, Infinity) ?? 0,
     joint_masking: v.bool(obj, 'joint_masking') ?? false,
+    lr_multipliers: lrMultipliers(v, obj.lr_multipliers),
   };
   if (v.issues.length) throw new ConfigError(source, v.issues);
   return config;
+}
+
+function lrMultipliers(v: Validator, raw: unknown): Record<string, number> {
+  if (raw === undefined) return {};
+  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
+    v.issue('lr_multipliers', `expected an object {"name substring": multiplier}, got ${describe(raw)}`);
+    return {};
+  }
+  const out: Record<string, number> = {};
+  for (const [k, m] of Object.entries(raw)) {
+    if (k === '' || typeof m !== 'number' || !(Number.isFinite(m) && m >= 0)) v.issue(`lr_multipliers.${k}`, `expected a non-empty name substring with a finite multiplier >= 0, got ${describe(m)}`);
+    else out[k] = m;
+  }
+  return out;
 }
 
 /** Every `<task>_<dataset>` name the training pool can draw (ratio > 0). */

@@ -37,6 +37,7 @@ export function settingsFromConfig(c: PretrainConfig): TrainSettings {
     itmNegProb: c.itm_neg_prob,
     otLambda: c.itm_ot_lambda,
     jointMasking: c.joint_masking,
+    lrMultipliers: c.lr_multipliers,
   };
 }
 

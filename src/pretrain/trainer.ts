@@ -16,7 +16,7 @@ import { allSpecs, initParams, TIES } from '../model/params.js';
 import { UniterRunner } from '../model/runner.js';
 import { DEFAULT_OT, OtOptions, PretrainTask } from '../model/tasks.js';
 import { Rng } from '../util/rng.js';
-import { AdamW, clipGradNorm } from './optimizer.js';
+import { AdamW, clipGradNorm, groupByNameSubstring } from './optimizer.js';
 import { TaskMixer, mixName, parseMixName } from './mixer.js';
 import { learningRateAt } from './schedule.js';
 import { loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from './checkpoint.js';
@@ -42,6 +42,8 @@ export interface TrainSettings extends TrainLoopSettings {
   jointMasking: boolean;
   /** Cap on validation batches per task at intermediate validations (the final one uses the whole split). */
   valBatches?: number;
+  /** Learning-rate multipliers by parameter-name substring (first match wins; others train at x1). */
+  lrMultipliers?: Record<string, number>;
 }
 
 export interface PretrainOptions {
@@ -117,7 +119,8 @@ export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
     values.set(k, v.data as Float32Array);
     shapes.set(k, v.shape);
   }
-  const optimizer = new AdamW(values, shapes, { betas: s.betas, eps: 1e-6, weightDecay: s.weightDecay });
+  const groups = Object.entries(s.lrMultipliers ?? {}).map(([sub, m]) => groupByNameSubstring(sub, sub, m));
+  const optimizer = new AdamW(values, shapes, { betas: s.betas, eps: 1e-6, weightDecay: s.weightDecay, groups });
 
   // One loader per <task>_<dataset>.
   const loaders = new Map<string, AnyLoader>();

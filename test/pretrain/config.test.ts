@@ -87,6 +87,12 @@ describe('pretraining config', () => {
     assert.equal(c.grad_norm, -1);
   });
 
+  it('reads learning-rate multipliers by parameter-name substring', () => {
+    const c = parsePretrainConfig({ ...validConfig(), lr_multipliers: { img_linear: 0.1, pooler: 2 } }, { baseDir: root });
+    assert.deepEqual(c.lr_multipliers, { img_linear: 0.1, pooler: 2 });
+    assert.deepEqual(parsePretrainConfig(validConfig(), { baseDir: root }).lr_multipliers, {});
+  });
+
   it('applies overrides before validation', () => {
     const c = parsePretrainConfig(validConfig(), { baseDir: root, overrides: { num_train_steps: 7, warmup_steps: 2, model: { config: { hidden_size: 8, num_attention_heads: 2 } } } });
     assert.equal(c.num_train_steps, 7);
@@ -120,6 +126,8 @@ describe('pretraining config', () => {
     ['min_bb above max_bb', (c) => (c.min_bb = 200), /field 'min_bb': must be <= max_bb \(100\), got 200/],
     ['joint_masking not boolean', (c) => (c.joint_masking = 'yes'), /field 'joint_masking': expected true or false, got "yes"/],
     ['other optimizer', (c) => (c.optim = 'adamax'), /field 'optim': only 'adamw' is implemented/],
+    ['lr_multipliers not an object', (c) => (c.lr_multipliers = [0.1]), /field 'lr_multipliers': expected an object \{"name substring": multiplier\}, got \[0\.1\]/],
+    ['negative lr multiplier', (c) => (c.lr_multipliers = { img_linear: -1 }), /field 'lr_multipliers\.img_linear': expected a non-empty name substring with a finite multiplier >= 0, got -1/],
     ['missing checkpoint file', (c) => (c.checkpoint = 'weights/none.safetensors'), /field 'checkpoint': path does not exist/],
   ];
   for (const [label, change, expected] of cases) {

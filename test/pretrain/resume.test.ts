@@ -46,3 +46,15 @@ test('a run stopped and resumed produces the same losses as an uninterrupted run
   const steps = fs.readFileSync(path.join(dirB, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.type === 'train').map((r) => r.step);
   assert.deepEqual(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
 });
+
+test('learning-rate multipliers by name: a x0 group keeps its weights while the rest trains', async () => {
+  const s = setup();
+  const settings: TrainSettings = { ...s.settings, steps: 2, lrMultipliers: { img_linear: 0 } };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pt-lrm-'));
+  const fresh = await pretrain({ modelConfig: MODEL, settings: { ...settings, steps: 1 }, train: s.train, val: s.val, outDir: fs.mkdtempSync(path.join(os.tmpdir(), 'pt-lrm0-')), quiet: true, stopAtStep: 0 });
+  const run = await pretrain({ modelConfig: MODEL, settings, train: s.train, val: s.val, outDir: dir, quiet: true });
+  for (const name of ['uniter.img_embeddings.img_linear.weight', 'uniter.img_embeddings.img_linear.bias']) {
+    assert.deepEqual(run.params.get(name)!.data, fresh.params.get(name)!.data, `${name} must not move at x0`);
+  }
+  assert.notDeepEqual(run.params.get('uniter.img_embeddings.pos_linear.weight')!.data, fresh.params.get('uniter.img_embeddings.pos_linear.weight')!.data);
+});
