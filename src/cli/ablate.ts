@@ -29,8 +29,9 @@ export const ABLATION_DEFAULTS = {
   out: path.join('runs', 'ablation'),
 };
 
-const USAGE = `ablate [--seeds N] [--variants LIST] [--pretrain-steps N] [--finetune-steps N|TASK=N,...] [--out DIR] [--threads N] [--world default|tiny] [--json] [--quiet]
+const USAGE = `ablate [--seeds N | --seed-list S,...] [--variants LIST] [--pretrain-steps N] [--finetune-steps N|TASK=N,...] [--out DIR] [--threads N] [--world default|tiny] [--json] [--quiet]
       --seeds N            seeds 1..N (default ${ABLATION_DEFAULTS.seeds}); each seed has its own world and initialization
+      --seed-list S,...    exactly these seeds (e.g. '3' in a second process sharing --out, so seeds run in parallel)
       --variants LIST      comma-separated, in table order (default: all):
                            ${VARIANTS.map((v) => v.name).join(', ')}
       --pretrain-steps N   pre-training steps of every pre-trained variant (default ${ABLATION_DEFAULTS.pretrainSteps})
@@ -38,6 +39,14 @@ const USAGE = `ablate [--seeds N] [--variants LIST] [--pretrain-steps N] [--fine
                            (tasks ${DOWNSTREAM_TASKS.join(', ')}; default ${Object.entries(ABLATION_DEFAULTS.finetuneSteps).map(([t, n]) => `${t}=${n}`).join(',')})
       --out DIR            output directory (default ${ABLATION_DEFAULTS.out}); a rerun with the same DIR resumes
       --world PRESET       synthetic world preset (default 'default'; 'tiny' for a quick check)`;
+
+/** '3' or '2,3': distinct seeds >= 1, in the order given. */
+export function parseSeedList(s: string): number[] {
+  const seeds = s.split(',').map((part) => intFlag(part.trim(), '--seed-list', 1));
+  const dup = seeds.find((x, i) => seeds.indexOf(x) !== i);
+  if (dup !== undefined) throw new Error(`--seed-list: seed ${dup} is listed twice`);
+  return seeds;
+}
 
 /** `N` for every task, or `task=N,...` over the defaults. */
 export function parseFinetuneSteps(s: string): Record<DownstreamName, number> {
@@ -56,8 +65,9 @@ export function parseFinetuneSteps(s: string): Record<DownstreamName, number> {
 }
 
 export async function runAblateCli(argv: string[], say: (m: string) => void = (m) => process.stderr.write(m + '\n')): Promise<AblationResult> {
-  const a = parseArgs(argv, { string: ['seeds', 'variants', 'pretrain-steps', 'finetune-steps', 'out', 'threads', 'world'], boolean: ['json', 'quiet'] }, USAGE);
+  const a = parseArgs(argv, { string: ['seeds', 'seed-list', 'variants', 'pretrain-steps', 'finetune-steps', 'out', 'threads', 'world'], boolean: ['json', 'quiet'] }, USAGE);
   if (a.positional.length) throw new Error(`ablate: unexpected argument '${a.positional[0]}' (usage: uniter ${USAGE})`);
+  if (a.string.seeds !== undefined && a.string['seed-list'] !== undefined) throw new Error('ablate: give --seeds or --seed-list, not both');
   const seedCount = a.string.seeds !== undefined ? intFlag(a.string.seeds, '--seeds', 1) : ABLATION_DEFAULTS.seeds;
   const variants = a.string.variants !== undefined ? parseVariantList(a.string.variants) : [...VARIANTS];
   const pretrainSteps = a.string['pretrain-steps'] !== undefined ? intFlag(a.string['pretrain-steps'], '--pretrain-steps', 1) : ABLATION_DEFAULTS.pretrainSteps;
@@ -68,7 +78,7 @@ export async function runAblateCli(argv: string[], say: (m: string) => void = (m
   if (threads !== undefined) setDefaultThreads(threads);
   const outDir = path.resolve(a.string.out ?? ABLATION_DEFAULTS.out);
   const tell = a.boolean.quiet ? () => undefined : say;
-  const seeds = Array.from({ length: seedCount }, (_, i) => i + 1);
+  const seeds = a.string['seed-list'] !== undefined ? parseSeedList(a.string['seed-list']) : Array.from({ length: seedCount }, (_, i) => i + 1);
   tell(`uniter ablate: ${variants.length} variants x ${seeds.length} seeds; pre-training ${pretrainSteps} steps, fine-tuning ${Object.entries(finetuneSteps).map(([t, n]) => `${t} ${n}`).join(', ')} steps; output in ${outDir}`);
   return runAblation({ outDir, seeds, variants, pretrainSteps, finetuneSteps, world, threads, log: tell });
 }

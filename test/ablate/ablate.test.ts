@@ -12,7 +12,7 @@ import * as path from 'node:path';
 import { runAblation, type AblationResult } from '../../src/ablate/ablation.js';
 import { stat, OUTPUT_FILES, type AblationReport } from '../../src/ablate/table.js';
 import { SCORE_COLUMNS, getVariant, parseVariantList } from '../../src/ablate/variants.js';
-import { parseFinetuneSteps, runAblateCli } from '../../src/cli/ablate.js';
+import { parseFinetuneSteps, parseSeedList, runAblateCli } from '../../src/cli/ablate.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-ablate-'));
 after(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -109,6 +109,11 @@ test('bad options give errors naming the option', async () => {
   assert.equal(parseFinetuneSteps('re=9').re, 9);
   const out = ['--out', path.join(tmp, 'never')];
   await assert.rejects(runAblateCli(['--seeds', '0', ...out]), /--seeds must be an integer >= 1, got '0'/);
+  await assert.rejects(runAblateCli(['--seed-list', '2,x', ...out]), /--seed-list must be an integer >= 1, got 'x'/);
+  await assert.rejects(runAblateCli(['--seed-list', '2,2', ...out]), /--seed-list: seed 2 is listed twice/);
+  await assert.rejects(runAblateCli(['--seeds', '2', '--seed-list', '3', ...out]), /give --seeds or --seed-list, not both/);
+  assert.deepEqual(parseSeedList('3'), [3]);
+  assert.deepEqual(parseSeedList('2, 3'), [2, 3]);
   await assert.rejects(runAblateCli(['--pretrain-steps', 'x', ...out]), /--pretrain-steps must be an integer >= 1/);
   await assert.rejects(runAblateCli(['--variants', 'nope', ...out]), /--variants: unknown variant 'nope'/);
   await assert.rejects(runAblateCli(['--world', 'huge', ...out]), /--world must be 'default' or 'tiny'/);
