@@ -94,6 +94,6 @@ test('a linear-gelu-linear MLP fits a regression task with Adam', async (t) => {
   t.diagnostic(`mse ${first.toFixed(4)} -> ${last.toFixed(5)} in 300 Adam steps, ${elapsed} ms`);
   assert.ok(losses.every(Number.isFinite), 'every loss is finite');
   assert.ok(last < first / 20, `loss ${first.toFixed(4)} -> ${last.toFixed(4)} should drop more than 20x`);
+  // No per-step session creation; speed itself is measured by bench/, not asserted here (timings on a shared CI machine are noise).
   assert.equal(sessionStats.created - sessionsBefore, 1, 'all 300 steps run in one session');
-  assert.ok(elapsed < 5000, `300 steps took ${elapsed} ms`);
 });
