@@ -5,6 +5,8 @@
  */
 import { defaultTokenizer } from '../data/tokenizer.js';
 import { ItmDataset, MlmDataset } from '../data/datasets.js';
+import type { TextSource } from '../data/types.js';
+import { COLOURS, SHAPES } from '../data/world/concepts.js';
 import { UniterRunner } from '../model/runner.js';
 import { Rng } from '../util/rng.js';
 import type { EmbeddedDefault } from './run.js';
@@ -55,6 +57,51 @@ export async function showWhatItLearned(result: PretrainResult, d: EmbeddedDefau
     const p = (k: number) => 1 / (1 + Math.exp(s[k * 2] - s[k * 2 + 1]));
     say(`  ITM  "${String(val.txt.get(id).caption ?? id)}": P(match) own image ${p(2 * i).toFixed(3)}, other image ${p(2 * i + 1).toFixed(3)}; OT distance ${dist[2 * i].toFixed(3)} vs ${dist[2 * i + 1].toFixed(3)}`);
   });
+  const use = await imageUse(runner, val.txt, val.img);
+  say(`  image use: masked colour/shape words right ${(100 * use.own).toFixed(1)}% with the caption's own image, ${(100 * use.other).toFixed(1)}% with another image (${use.words} words; chance 12.5%)`);
+}
+
+/**
+ * Masked colour and shape words predicted with each caption's own image and with another image.
+ * Only the image can tell these words (chance is 1/8), so equal accuracies mean MLM ignores the
+ * image, whatever its overall accuracy says.
+ */
+export async function imageUse(runner: UniterRunner, txt: TextSource, img: MlmDataset['img'], maxCaptions = 200): Promise<{ own: number; other: number; words: number }> {
+  const tok = defaultTokenizer();
+  const visual = new Set<number>();
+  for (const w of [...COLOURS, ...SHAPES]) {
+    const ids = tok.convertTokensToIds(tok.tokenize(w));
+    if (ids.length === 1) visual.add(ids[0]);
+  }
+  const ids = txt.ids().slice(0, maxCaptions);
+  const images = ids.map((id) => String(txt.get(id).img_fname));
+  // Another image for caption i: the next caption's image that differs from its own.
+  const otherImage = (i: number): string => {
+    for (let k = 1; k < ids.length; k++) if (images[(i + k) % ids.length] !== images[i]) return images[(i + k) % ids.length];
+    throw new Error('imageUse: the captions all share one image');
+  };
+  const swapped: TextSource = { ids: () => ids, len: (id) => txt.len(id), get: (id) => ({ ...txt.get(id), img_fname: otherImage(ids.indexOf(id)) }) };
+  const accuracy = async (source: TextSource): Promise<{ right: number; total: number }> => {
+    const ds = new MlmDataset(source, img, { ids });
+    const examples: ReturnType<MlmDataset['maskedExample']>[] = [];
+    const truth: number[] = [];
+    ids.forEach((id, i) => {
+      txt.get(id).input_ids.forEach((w, pos) => {
+        if (!visual.has(w)) return;
+        examples.push(ds.maskedExample(i, [{ position: pos, kind: 'mask', replacement: tok.mask }]));
+        truth.push(w);
+      });
+    });
+    let right = 0;
+    for (let s = 0; s < examples.length; s += 64) {
+      const out = await runner.run('mlm', ds.collate(examples.slice(s, s + 64)), { training: false, grads: false });
+      argmaxRows(out.get('prediction_scores')!).forEach((p, k) => (right += p === truth[s + k] ? 1 : 0));
+    }
+    return { right, total: examples.length };
+  };
+  const own = await accuracy(txt);
+  const other = await accuracy(swapped);
+  return { own: own.right / Math.max(1, own.total), other: other.right / Math.max(1, other.total), words: own.total };
 }
 
 function detok(tokens: string[]): string {

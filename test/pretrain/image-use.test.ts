@@ -1,0 +1,25 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateWorld } from '../../src/data/world.js';
+import { defaultTokenizer } from '../../src/data/tokenizer.js';
+import { COLOURS, SHAPES } from '../../src/data/world/concepts.js';
+import { PRESETS, type UniterConfig } from '../../src/model/config.js';
+import { allSpecs, initParams, TIES } from '../../src/model/params.js';
+import { UniterRunner } from '../../src/model/runner.js';
+import { imageUse } from '../../src/pretrain/demo.js';
+
+const MODEL: UniterConfig = { ...PRESETS.tiny, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64 };
+
+test('image use: scores every masked colour/shape word with the own and with another image', async () => {
+  const world = generateWorld({ preset: 'tiny', numImages: 24 });
+  const txt = world.textDb('pretrain_world_val');
+  const tok = defaultTokenizer();
+  const visual = new Set([...COLOURS, ...SHAPES].map((w) => tok.convertTokensToIds(tok.tokenize(w))).filter((ids) => ids.length === 1).map((ids) => ids[0]));
+  const expectedWords = txt.ids().slice(0, 12).reduce((n, id) => n + txt.get(id).input_ids.filter((w) => visual.has(w)).length, 0);
+  assert.ok(expectedWords > 0);
+
+  const params = initParams(allSpecs(MODEL, 'pretrain').filter((p) => !TIES[p.name]), MODEL.initializer_range, 7);
+  const use = await imageUse(new UniterRunner(MODEL, params, 1), txt, world.images, 12);
+  assert.equal(use.words, expectedWords);
+  for (const acc of [use.own, use.other]) assert.ok(acc >= 0 && acc <= 1 && Number.isFinite(acc));
+});
