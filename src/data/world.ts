@@ -79,6 +79,18 @@ export interface WorldOptions {
   detectorSeed?: number;
   /** Decoded images each in-memory store keeps (0: none). */
   cacheSize?: number;
+  /**
+   * Detector stores also report object parts, background stuff and low-confidence junk (default
+   * true, like a BUTD detector's 10-100 boxes); false keeps only the objects' regions.
+   */
+  clutter?: boolean;
+  /**
+   * Store region features shifted by -0.45, about their mean (default false: non-negative, like
+   * BUTD's). A from-scratch model learns to use the image far sooner with roughly zero-mean
+   * features: with Adam, the shared mean of non-negative features makes img_linear's output
+   * nearly the same vector for every region.
+   */
+  centreFeatures?: boolean;
 }
 
 export type ResolvedWorldOptions = Required<WorldOptions>;
@@ -107,6 +119,8 @@ export const WORLD_PRESETS: Record<WorldPreset, ResolvedWorldOptions> = {
     vcrPerImage: 2,
     detectorSeed: 2020,
     cacheSize: 256,
+    clutter: true,
+    centreFeatures: false,
   },
   tiny: {
     preset: 'tiny',
@@ -127,6 +141,8 @@ export const WORLD_PRESETS: Record<WorldPreset, ResolvedWorldOptions> = {
     vcrPerImage: 1,
     detectorSeed: 2020,
     cacheSize: 64,
+    clutter: true,
+    centreFeatures: false,
   },
 };
 
@@ -151,6 +167,9 @@ export function resolveWorldOptions(opts: WorldOptions = {}): ResolvedWorldOptio
   checkInt('maxObjects', o.maxObjects, o.minObjects, MAX_COUNT);
   for (const k of ['vqaPerImage', 'vePerImage', 'nlvr2PerImage', 'refsPerImage', 'sentencesPerRef', 'vcrPerImage'] as const) checkInt(k, o[k], 0, 50);
   checkInt('cacheSize', o.cacheSize, 0);
+  for (const k of ['clutter', 'centreFeatures'] as const) {
+    if (typeof o[k] !== 'boolean') throw new Error(`world options: ${k} must be true or false, got ${JSON.stringify(o[k])}`);
+  }
   for (const k of ['valFraction', 'testFraction'] as const) {
     if (!(o[k] > 0 && o[k] < 0.5)) throw new Error(`world options: ${k} must be in (0, 0.5), got ${o[k]}`);
   }
@@ -253,11 +272,11 @@ export function generateWorld(options: WorldOptions = {}, encoder: TextEncoder =
   const splits = assignSplits(new Rng(seed, 'world-splits'), scenes, opts);
 
   const bank = new PrototypeBank(opts.imgDim, opts.detectorSeed);
-  const storeOpts = { seed, imgDim: opts.imgDim, labelDim: opts.labelDim, cacheSize: opts.cacheSize };
+  const storeOpts = { seed, imgDim: opts.imgDim, labelDim: opts.labelDim, cacheSize: opts.cacheSize, centreFeatures: opts.centreFeatures };
   const makeStore = (profile: DetectorProfile) =>
     new WorldImageStore(
       profile,
-      scenes.map((sc) => layoutRegions(new Rng(seed, 'world-layout', profile.name, sc.imageId), sc, profile)),
+      scenes.map((sc) => layoutRegions(new Rng(seed, 'world-layout', profile.name, sc.imageId), sc, { ...profile, clutter: opts.clutter })),
       bank,
       storeOpts,
     );

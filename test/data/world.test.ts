@@ -21,7 +21,7 @@ import {
 } from '../../src/data/world.js';
 import { command as worldCommand } from '../../src/cli/world.js';
 import { ItmDataset, MlmDataset, MrcDataset, Nlvr2PairedDataset, ReDataset, VcrDataset, VeDataset, VqaDataset, type TaskDataset } from '../../src/data/datasets.js';
-import { toHalfPrecision } from '../../src/data/world/features.js';
+import { FEATURE_MEAN, toHalfPrecision } from '../../src/data/world/features.js';
 import { Rng } from '../../src/util/rng.js';
 
 // One tiny world shared by the read-only tests (generation is deterministic, so sharing is safe).
@@ -500,8 +500,8 @@ test('world records and images feed the task datasets and collate into batches',
   batchOf(new VcrDataset(vcr.withLengths('id2len_qar.json'), { gt: world.imageStore('world_gt'), det: img }, { task: 'qar' }));
 });
 
-test('writeWorld stores official img_db/txt_db folders that read back identically', () => {
-  const small = generateWorld({ preset: 'tiny', seed: 3, numImages: 16, captionsPerImage: 2 });
+for (const variant of [{}, { clutter: false, centreFeatures: true, minObjects: 2, maxObjects: 4 }]) test(`writeWorld stores official img_db/txt_db folders that read back identically ${JSON.stringify(variant)}`, () => {
+  const small = generateWorld({ preset: 'tiny', seed: 3, numImages: 16, captionsPerImage: 2, ...variant });
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-world-'));
   try {
     const out = path.join(dir, 'world');
@@ -573,4 +573,29 @@ test('uniter world writes a world and reports its counts', async () => {
     console.log = log;
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('clutter off keeps only the objects’ regions; centred features are the plain ones shifted by the mean', () => {
+  const plain = generateWorld({ preset: 'tiny', numImages: 12, minObjects: 2, maxObjects: 4, clutter: false });
+  const centred = generateWorld({ preset: 'tiny', numImages: 12, minObjects: 2, maxObjects: 4, clutter: false, centreFeatures: true });
+  const store = plain.imageStore('world');
+  for (const fname of store.keys()) {
+    const layout = store.layout(fname);
+    assert.ok(layout.regions.every((r) => r.kind === 'object'), `${fname}: only object regions`);
+    assert.equal(store.nbb(fname), layout.scene.objects.length);
+    const a = store.get(fname).features;
+    const b = centred.imageStore('world').get(fname).features;
+    assert.equal(a.length, b.length);
+    // Both are float16 roundings of the same value (shifted or not): equal up to float16 precision.
+    for (let i = 0; i < a.length; i++) {
+      assert.equal(b[i], toHalfPrecision(b[i]));
+      assert.ok(Math.abs(b[i] - (a[i] - FEATURE_MEAN)) <= 2 ** -10 * (Math.abs(a[i]) + 1), `${fname} value ${i}: ${b[i]} vs ${a[i]} - ${FEATURE_MEAN}`);
+    }
+  }
+  // centred features are roughly zero-mean
+  let sum = 0;
+  let n = 0;
+  for (const fname of centred.imageStore('world').keys()) for (const v of centred.imageStore('world').get(fname).features) (sum += v), n++;
+  assert.ok(Math.abs(sum / n) < 0.15, `mean ${sum / n}`);
+  assert.throws(() => generateWorld({ preset: 'tiny', clutter: 'no' as unknown as boolean }), /world options: clutter must be true or false, got "no"/);
 });

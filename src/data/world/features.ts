@@ -8,8 +8,9 @@
  *
  * Features: ReLU of a sum of fixed random prototypes (one per shape, colour and size, one per
  * stuff kind, one marking "part of an object") plus an object-instance offset and per-view noise;
- * non-negative, about half zeros, float16-exact. The prototypes come from `detectorSeed`, not
- * from the world seed, so two worlds share the same "detector" (features mean the same thing).
+ * non-negative, about half zeros, float16-exact (or shifted by -FEATURE_MEAN to about zero mean,
+ * with the world option centreFeatures). The prototypes come from `detectorSeed`, not from the
+ * world seed, so two worlds share the same "detector" (features mean the same thing).
  */
 import { floatToHalf, halfToFloat } from '../../engine/host.js';
 import type { ImageRecord, ImageSource } from '../types.js';
@@ -118,6 +119,11 @@ export interface DetectorProfile {
   jitter: number;
   /** Probability an object is detected only weakly (confidence below the threshold). */
   missRate: number;
+  /**
+   * Whether the detector also reports object parts, background stuff and low-confidence junk
+   * (default true). Without them an image holds only its objects' regions.
+   */
+  clutter?: boolean;
 }
 
 export const MAIN_PROFILE: DetectorProfile = { name: 'world', fixedCount: false, jitter: 0.04, missRate: 0 };
@@ -143,6 +149,10 @@ export function layoutRegions(rng: Rng, scene: Scene, profile: DetectorProfile):
     const jitter = missed ? Math.max(0.2, profile.jitter * 3) : profile.jitter;
     const conf = missed ? 0.03 + 0.15 * rng.uniform() : o.size === 1 ? 0.7 + 0.29 * rng.uniform() : 0.45 + 0.5 * rng.uniform();
     regions.push({ kind: 'object', object: o.index, box: jitterBox(rng, o.box, jitter, width, height), conf: toHalfPrecision(conf) });
+  }
+  if (profile.clutter === false) {
+    regions.sort((a, b) => b.conf - a.conf);
+    return { fname, scene, regions, nbb: regions.length };
   }
   // Parts: the detector also fires on pieces of objects (weaker, same class). They make the
   // region count vary from image to image.
@@ -253,7 +263,12 @@ export interface ImageStoreOptions {
   labelDim: number;
   /** Decoded images kept in memory (0 disables caching). */
   cacheSize: number;
+  /** Shift features by -FEATURE_MEAN so that they are roughly zero-mean (see WorldOptions.centreFeatures). */
+  centreFeatures?: boolean;
 }
+
+/** About the mean of a region feature value (a ReLU of a sum of unit-scale prototypes), over all region kinds. */
+export const FEATURE_MEAN = 0.45;
 
 /**
  * One image store of the world (img_db/<name>) held in memory: layouts eagerly, features on
@@ -379,7 +394,8 @@ export class WorldImageStore implements ImageSource {
         addNoise(rng, raw, 0.5);
       }
       const f = features.subarray(row * D, (row + 1) * D);
-      for (let i = 0; i < D; i++) f[i] = raw[i] > 0 ? toHalfPrecision(raw[i]) : 0;
+      const shift = this.opts.centreFeatures ? FEATURE_MEAN : 0;
+      for (let i = 0; i < D; i++) f[i] = toHalfPrecision((raw[i] > 0 ? raw[i] : 0) - shift);
 
       const { x1, y1, x2, y2 } = region.box;
       const W = scene.width;
