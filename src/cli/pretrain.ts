@@ -53,7 +53,7 @@ export const command: Command = {
       const d = embeddedDefault({ steps, seed });
       const c = d.world.counts();
       say(`generated the synthetic world in ${((Date.now() - t) / 1000).toFixed(1)} s: ${c.images.train} train / ${c.images.val} val images, ${c.objects} objects, ${c.txtDbs.pretrain_world_train} train captions`);
-      say(`model: tiny UNITER (hidden ${d.model.hidden_size}, ${d.model.num_hidden_layers} layers); ${d.settings.steps} steps of ITM+WRA / MLM / MRFR / MRC-kl mixed 2:2:1:1; output in ${outDir}`);
+      say(`model: tiny UNITER (hidden ${d.model.hidden_size}, ${d.model.num_hidden_layers} layers); ${d.settings.steps} steps of ITM+WRA / MLM / MRFR / MRC-kl mixed ${d.train[0].mix_ratio?.join(':')}; output in ${outDir}`);
       result = await pretrain({ modelConfig: d.model, settings: d.settings, train: d.train, val: d.val, outDir, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: { embedded: true, settings: d.settings } });
       if (!a.boolean.quiet) await showWhatItLearned(result, d, (m) => say(m));
     }
