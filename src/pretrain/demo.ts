@@ -80,7 +80,8 @@ export async function imageUse(runner: UniterRunner, txt: TextSource, img: MlmDa
     for (let k = 1; k < ids.length; k++) if (images[(i + k) % ids.length] !== images[i]) return images[(i + k) % ids.length];
     throw new Error('imageUse: the captions all share one image');
   };
-  const swapped: TextSource = { ids: () => ids, len: (id) => txt.len(id), get: (id) => ({ ...txt.get(id), img_fname: otherImage(ids.indexOf(id)) }) };
+  const indexOf = new Map(ids.map((id, i) => [id, i]));
+  const swapped: TextSource = { ids: () => ids, len: (id) => txt.len(id), get: (id) => ({ ...txt.get(id), img_fname: otherImage(indexOf.get(id)!) }) };
   const accuracy = async (source: TextSource): Promise<{ right: number; total: number }> => {
     const ds = new MlmDataset(source, img, { ids });
     const examples: ReturnType<MlmDataset['maskedExample']>[] = [];

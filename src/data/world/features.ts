@@ -150,10 +150,19 @@ export function layoutRegions(rng: Rng, scene: Scene, profile: DetectorProfile):
     const conf = missed ? 0.03 + 0.15 * rng.uniform() : o.size === 1 ? 0.7 + 0.29 * rng.uniform() : 0.45 + 0.5 * rng.uniform();
     regions.push({ kind: 'object', object: o.index, box: jitterBox(rng, o.box, jitter, width, height), conf: toHalfPrecision(conf) });
   }
-  if (profile.clutter === false) {
-    regions.sort((a, b) => b.conf - a.conf);
-    return { fname, scene, regions, nbb: regions.length };
-  }
+  if (profile.clutter !== false) addClutter(rng, scene, profile, regions);
+  // Official extraction sorts boxes by confidence; a stable sort keeps generation order on ties.
+  regions.sort((a, b) => b.conf - a.conf);
+  const nbb = Math.min(regions.length, dynamicNbb(regions.map((r) => r.conf)));
+  return { fname, scene, regions, nbb };
+}
+
+/**
+ * What a detector reports besides the objects: parts of objects, background stuff and
+ * low-confidence junk (appended to `regions`).
+ */
+function addClutter(rng: Rng, scene: Scene, profile: DetectorProfile, regions: Region[]): void {
+  const { width, height } = scene;
   // Parts: the detector also fires on pieces of objects (weaker, same class). They make the
   // region count vary from image to image.
   for (const o of scene.objects) {
@@ -172,10 +181,6 @@ export function layoutRegions(rng: Rng, scene: Scene, profile: DetectorProfile):
   for (let k = 0; k < nJunk; k++) {
     regions.push({ kind: 'junk', box: randomBox(rng, width, height), conf: toHalfPrecision(0.02 + 0.16 * rng.uniform()) });
   }
-  // Official extraction sorts boxes by confidence; a stable sort keeps generation order on ties.
-  regions.sort((a, b) => b.conf - a.conf);
-  const nbb = Math.min(regions.length, dynamicNbb(regions.map((r) => r.conf)));
-  return { fname, scene, regions, nbb };
 }
 
 function clampBox(b: Box, width: number, height: number): Box {
