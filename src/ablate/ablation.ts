@@ -22,7 +22,7 @@ import type { WorldPreset } from '../data/world.js';
 import type { UniterConfig } from '../model/config.js';
 import { UniterRunner } from '../model/runner.js';
 import { DEFAULT_OT } from '../model/tasks.js';
-import { embeddedDefault, type EmbeddedDefault } from '../pretrain/run.js';
+import { embeddedDefault, embeddedRecipe, type EmbeddedDefault } from '../pretrain/run.js';
 import { pretrain, type PretrainSource, type TrainSettings } from '../pretrain/trainer.js';
 import { defaultSettings } from '../finetune/defaults.js';
 import { getTask, taskDataFromWorld, worldStores } from '../finetune/tasks.js';
@@ -31,6 +31,7 @@ import { checkpointRoot } from '../pretrain/checkpoint.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { cellScores, summarise, writeReport, type AblationReport, type CellResult, type PhaseTime } from './table.js';
 import { DOWNSTREAM_TASKS, type DownstreamName, type Variant } from './variants.js';
+import { readJsonFile } from '../util/json.js';
 
 export interface AblationOptions {
   outDir: string;
@@ -59,11 +60,7 @@ export interface AblationResult {
 export const CONFIG_FILE = 'ablation-config.json';
 
 function readJson<T>(file: string): T {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as T;
-  } catch (e) {
-    throw new Error(`${file}: cannot read (${(e as Error).message}); delete it to redo that phase`);
-  }
+  return readJsonFile(file, 'an ablation record', (m) => new Error(`${m}; delete it to redo that phase`)) as T;
 }
 
 /** Wall and CPU time of `fn` (CPU of the whole process: ONNX Runtime's threads included). */
@@ -77,7 +74,12 @@ async function timed<T>(steps: (r: T) => number, fn: () => Promise<T>): Promise<
 
 /** The settings that decide what a cell computes: a rerun into the same OUT must keep them. */
 function runIdentity(o: AblationOptions): Record<string, unknown> {
-  return { pretrainSteps: o.pretrainSteps, finetuneSteps: o.finetuneSteps, world: o.world ?? 'default', model: o.model ?? {} };
+  // The recipe (world options, model, settings, mix) comes from the embedded default, which changes
+  // between releases: a cell computed with another recipe must not be mixed into this table.
+  const { world, model, settings, tasks, mixRatio } = embeddedRecipe({ steps: o.pretrainSteps, world: { preset: o.world ?? 'default' } });
+  const { seed: _seed, ...seedless } = settings;
+  const recipe = { world, model: { ...model, ...(o.model ?? {}) }, settings: seedless, tasks, mixRatio };
+  return { pretrainSteps: o.pretrainSteps, finetuneSteps: o.finetuneSteps, world: o.world ?? 'default', model: o.model ?? {}, recipe };
 }
 
 function checkIdentity(outDir: string, id: Record<string, unknown>): void {
@@ -87,7 +89,7 @@ function checkIdentity(outDir: string, id: Record<string, unknown>): void {
     return;
   }
   const prev = readJson<Record<string, unknown>>(file);
-  const flag: Record<string, string> = { pretrainSteps: '--pretrain-steps', finetuneSteps: '--finetune-steps', world: '--world', model: 'model' };
+  const flag: Record<string, string> = { pretrainSteps: '--pretrain-steps', finetuneSteps: '--finetune-steps', world: '--world', model: 'model', recipe: 'the embedded recipe (world options, model, settings, mix; changed by an update of uniter-ts)' };
   for (const k of Object.keys(id)) {
     if (JSON.stringify(prev[k]) !== JSON.stringify(id[k])) {
       throw new Error(`${outDir} holds an ablation run with ${flag[k] ?? k} ${JSON.stringify(prev[k])}, not ${JSON.stringify(id[k])}: pass the same value to resume it, or choose another --out`);

@@ -13,6 +13,7 @@ import { LoadReport, loadNonStrict, readWeightsAny } from '../model/load.js';
 import { allSpecs } from '../model/params.js';
 import { TaskGraph, buildTaskGraph, headOf } from '../model/tasks.js';
 import { ScoringTask, Shapes, TaskRequest, headsInWeights, resolveTask } from './tasks.js';
+import { readJsonFile } from '../util/json.js';
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
@@ -53,12 +54,7 @@ function readFolderConfig(dir: string): { config: UniterConfig; configFile: stri
   if (fs.existsSync(configFile)) return { config: loadConfig(configFile), configFile };
   const trainerFile = path.join(dir, TRAINER_FILE);
   if (fs.existsSync(trainerFile)) {
-    let state: { config?: { model?: unknown } } | null;
-    try {
-      state = JSON.parse(fs.readFileSync(trainerFile, 'utf8'));
-    } catch (e) {
-      throw new Error(`${trainerFile}: cannot read trainer state (${(e as Error).message})`);
-    }
+    const state = readJsonFile(trainerFile, 'trainer state') as { config?: { model?: unknown } } | null;
     const model = state?.config?.model;
     if (model === undefined) throw new Error(`model folder '${dir}' has no ${CONFIG_FILE}, and ${trainerFile} records no model config (field 'config.model')`);
     return { config: parseConfig(model, `${trainerFile} field 'config.model'`), configFile: trainerFile };

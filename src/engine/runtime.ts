@@ -26,16 +26,18 @@ export interface RuntimeOptions {
  * MLM and ITM+WRA in turn reached 20 GiB with it, 10.5 GiB peak / 6.3 GiB steady without it, at
  * the same speed (training and inference measured side by side; bench/results). Off by default.
  *
- * spinning: whether idle intra-op threads busy-wait for work. ORT's default (on) burns CPU that
- * other processes could use; off measured faster on the shared 2-core machine (UNITER training
- * steps 1.11-1.14x, batch-1 inference 1.4x, interleaved A/B; docs/benchmarks.md). Off by default.
+ * spinning: whether idle intra-op threads busy-wait for work between ops (ORT's default). On an
+ * idle machine it is faster (12-layer BERT forward ~1.1x, A/B with pauses between runs); when other
+ * processes share the cores it burns CPU they need, and off measured faster there (UNITER training
+ * steps 1.11-1.14x, batch-1 inference 1.4x at load 8-10; docs/benchmarks.md). On by default;
+ * `UNITER_ORT_SPINNING=0` or setSessionSettings({ spinning: false }) turns it off.
  */
 export interface SessionSettings {
   cpuMemArena: boolean;
   spinning: boolean;
 }
 
-const sessionSettings: SessionSettings = { cpuMemArena: false, spinning: false };
+const sessionSettings: SessionSettings = { cpuMemArena: false, spinning: process.env.UNITER_ORT_SPINNING !== '0' };
 
 export function setSessionSettings(s: Partial<SessionSettings>): void {
   Object.assign(sessionSettings, s);

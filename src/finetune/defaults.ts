@@ -14,12 +14,12 @@
  * paths resolve against the config file's directory. Official fields without meaning here
  * (fp16, n_workers, pin_mem, compressed_db, checkpoint_from) are accepted and ignored.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ImgDbOptions } from '../data/imgdb.js';
 import { PRESETS, parseConfig, type UniterConfig } from '../model/config.js';
 import type { DataPaths, TaskDefinition, TaskOptionValues } from './tasks.js';
 import type { FinetuneSettings } from './trainer.js';
+import { readJsonFile, readJsonObject } from '../util/json.js';
 
 const COMMON: Omit<FinetuneSettings, 'trainBatchTokens' | 'valBatchSize' | 'learningRate' | 'lrMultiplier' | 'warmupSteps' | 'steps' | 'validEvery'> = {
   accumulation: 1,
@@ -119,14 +119,8 @@ const IGNORED_FIELDS = ['fp16', 'n_workers', 'pin_mem', 'compressed_db', 'checkp
  * replace the file's. Every problem is reported at once, each naming its field.
  */
 export function loadFinetuneConfig(file: string, task: TaskDefinition, overrides: Record<string, unknown> = {}): FinetuneConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read the fine-tuning config as JSON (${(e as Error).message})`);
-  }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${file}: the fine-tuning config must be a JSON object`);
-  return parseFinetuneConfig({ ...(raw as Record<string, unknown>), ...overrides }, task, { source: file, baseDir: path.dirname(path.resolve(file)) });
+  const raw = readJsonObject(file, 'the fine-tuning config');
+  return parseFinetuneConfig({ ...raw, ...overrides }, task, { source: file, baseDir: path.dirname(path.resolve(file)) });
 }
 
 export function parseFinetuneConfig(c: Record<string, unknown>, task: TaskDefinition, where: { source: string; baseDir: string }): FinetuneConfig {
@@ -174,12 +168,7 @@ export function parseFinetuneConfig(c: Record<string, unknown>, task: TaskDefini
     if (typeof mc === 'string' && mc in PRESETS) model = { kind: 'preset', config: { ...PRESETS[mc as keyof typeof PRESETS] }, source: `preset '${mc}'` };
     else if (typeof mc === 'string') {
       const f = resolve(mc);
-      let rawCfg: unknown;
-      try {
-        rawCfg = JSON.parse(fs.readFileSync(f, 'utf8'));
-      } catch (e) {
-        throw new Error(`field 'model_config': cannot read ${f} (${(e as Error).message})`);
-      }
+      const rawCfg = readJsonFile(f, 'the model config', (m) => new Error(`field 'model_config': ${m}`));
       model = { kind: 'file', config: parseConfig(rawCfg, f), source: f };
     } else if (mc && typeof mc === 'object' && !Array.isArray(mc)) model = { kind: 'inline', config: parseConfig(mc, `${where.source} field 'model_config'`), source: 'inline model_config' };
     else if (mc !== undefined) issues.push(`field 'model_config' must be a preset name (${Object.keys(PRESETS).join(', ')}), a config file path or an object, got ${JSON.stringify(mc)}`);

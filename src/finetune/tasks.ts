@@ -26,6 +26,7 @@ import { retrievalTask } from './retrieval.js';
 import { vcrTask } from './vcr.js';
 import { veTask } from './ve.js';
 import { vqaTask } from './vqa.js';
+import { readJsonFile } from '../util/json.js';
 
 // ---------------------------------------------------------------------------------------------
 // Data
@@ -210,22 +211,12 @@ export function openTaskData(task: TaskDefinition, choice: DataChoice): TaskData
 function readSideFile(dir: string, file: string): unknown {
   const f = path.join(dir, file);
   if (!fs.existsSync(f)) return undefined;
-  try {
-    return JSON.parse(fs.readFileSync(f, 'utf8'));
-  } catch (e) {
-    throw new Error(`${f}: not valid JSON (${(e as Error).message})`);
-  }
+  return readJsonFile(f, file);
 }
 
 /** Read and check an answer vocabulary: labels must be the integers 0..n-1, each used once. */
 export function readAns2Label(file: string): Record<string, number> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read the answer vocabulary (${(e as Error).message})`);
-  }
-  return checkAns2Label(raw, file);
+  return checkAns2Label(readJsonFile(file, 'the answer vocabulary'), file);
 }
 
 export function checkAns2Label(raw: unknown, source: string): Record<string, number> {

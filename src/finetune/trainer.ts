@@ -30,6 +30,7 @@ import { CONFIG_FILE, LATEST_FILE, MODEL_FILE, TRAINER_FILE, checkpointRoot, loa
 import { JsonlLogger, ProgressDisplay } from '../pretrain/progress.js';
 import type { TrainLoopSettings } from '../pretrain/settings.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { readJsonObject } from '../util/json.js';
 
 /** Fine-tuning settings: the shared loop settings plus the evaluation batch, head rate and dropout. */
 export interface FinetuneSettings extends TrainLoopSettings {
@@ -403,13 +404,3 @@ export function configNextToWeights(weights: string): Record<string, unknown> | 
   return null;
 }
 
-function readJsonObject(file: string, what: string): Record<string, unknown> {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read ${what} (${(e as Error).message})`);
-  }
-  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) throw new Error(`${file}: ${what} must be a JSON object`);
-  return raw as Record<string, unknown>;
-}

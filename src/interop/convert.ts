@@ -14,6 +14,7 @@ import { OfficialWeights, UniterConfigJson, expandTies, resolveUniterConfig, toO
 import { TorchFormat, readTorchCheckpoint } from './torch-checkpoint.js';
 import { TorchCheckpointError } from './torch-tensor.js';
 import { TorchSaveFormat, serializeTorchCheckpoint, stateDictFromHost } from './torch-writer.js';
+import { readJsonObject } from '../util/json.js';
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
@@ -32,28 +33,11 @@ export interface ConvertReport extends OfficialWeights {
   weightsFile: string;
 }
 
-function readJsonFile(file: string): Record<string, unknown> {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw new TorchCheckpointError(`${file}: cannot read config (${(e as Error).message})`);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new TorchCheckpointError(`${file}: config is not valid JSON (${(e as Error).message})`);
-  }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new TorchCheckpointError(`${file}: config must be a JSON object`);
-  return json as Record<string, unknown>;
-}
-
 /** PyTorch checkpoint -> OUT_DIR/config.json + OUT_DIR/model.safetensors (each written atomically). */
 export function convertTorchCheckpoint(input: string, outDir: string, opts: { configFile?: string } = {}): ConvertReport {
   const ckpt = readTorchCheckpoint(input);
   const official = toOfficialWeights(ckpt);
-  const given = opts.configFile ? { source: opts.configFile, json: readJsonFile(opts.configFile) } : undefined;
+  const given = opts.configFile ? { source: opts.configFile, json: readJsonObject(opts.configFile, 'config', (m) => new TorchCheckpointError(m)) } : undefined;
   const { config, notes } = resolveUniterConfig(official.tensors, given);
   const configFile = path.join(outDir, CONFIG_FILE);
   const weightsFile = path.join(outDir, WEIGHTS_FILE);

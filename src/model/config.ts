@@ -2,8 +2,8 @@
  * UNITER configuration: the official `UniterConfig` JSON fields plus the image dimensions,
  * with named presets. `tiny` is for tests and the embedded default run.
  */
-import * as fs from 'node:fs';
 import { writeFileAtomic } from '../util/atomic.js';
+import { readJsonFile } from '../util/json.js';
 
 export interface UniterConfig {
   vocab_size: number;
@@ -69,13 +69,7 @@ export function parseConfig(raw: unknown, source = 'config'): UniterConfig {
 }
 
 export function loadConfig(file: string): UniterConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read model config (${(e as Error).message})`);
-  }
-  return parseConfig(raw, file);
+  return parseConfig(readJsonFile(file, 'model config'), file);
 }
 
 export function saveConfig(file: string, cfg: UniterConfig): void {

@@ -24,6 +24,7 @@ import { replaceDirAtomic, writeFileAtomic } from '../util/atomic.js';
 import type { RngState } from '../util/rng.js';
 import type { MixerState } from './mixer.js';
 import type { AdamWStateJson, OptimizerState } from './optimizer.js';
+import { readJsonFile, readJsonObject } from '../util/json.js';
 
 export const MODEL_FILE = 'model.safetensors';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
@@ -207,13 +208,7 @@ function checkRecordedSizes(dir: string, trainerFile: string, names: string[]): 
 }
 
 function readTrainerState(file: string): TrainerState {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read trainer state (${(e as Error).message})`);
-  }
-  const t = raw as Partial<TrainerState> | null;
+  const t = readJsonFile(file, 'trainer state') as Partial<TrainerState> | null;
   if (!t || typeof t !== 'object' || t.format !== TRAINER_FORMAT) throw new Error(`${file}: not a uniter-ts trainer state (field 'format' should be '${TRAINER_FORMAT}')`);
   if (t.version !== TRAINER_FORMAT_VERSION) throw new Error(`${file}: field 'version' is ${String(t.version)}, this build reads version ${TRAINER_FORMAT_VERSION}`);
   if (!(Number.isInteger(t.step) && (t.step as number) >= 0)) throw new Error(`${file}: field 'step' must be an integer >= 0, got ${JSON.stringify(t.step)}`);
@@ -241,14 +236,8 @@ export function saveModelFolder(dir: string, config: Record<string, unknown>, pa
 
 export function loadModelFolder(dir: string): { config: Record<string, unknown>; params: Map<string, Float32Array>; shapes: Map<string, number[]>; ties: Record<string, string> } {
   const configFile = path.join(dir, CONFIG_FILE);
-  let config: unknown;
-  try {
-    config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
-  } catch (e) {
-    throw new Error(`${configFile}: cannot read model config (${(e as Error).message})`);
-  }
-  if (!config || typeof config !== 'object' || Array.isArray(config)) throw new Error(`${configFile}: expected a JSON object`);
-  return { config: config as Record<string, unknown>, ...readModelSafetensors(path.join(dir, MODEL_FILE)) };
+  const config = readJsonObject(configFile, 'model config');
+  return { config, ...readModelSafetensors(path.join(dir, MODEL_FILE)) };
 }
 
 /**

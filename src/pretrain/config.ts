@@ -13,6 +13,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { ScheduleKind } from './schedule.js';
+import { isJsonObject, readJsonFile } from '../util/json.js';
 
 export const PRETRAIN_TASKS = ['itm', 'mlm', 'mrfr', 'mrc', 'mrckl'] as const;
 export type PretrainTask = (typeof PRETRAIN_TASKS)[number];
@@ -136,18 +137,13 @@ export interface ParseOptions {
 
 /** Read and validate a pretraining config file; relative paths resolve against its directory. */
 export function loadPretrainConfig(file: string, options: Omit<ParseOptions, 'source' | 'baseDir'> = {}): PretrainConfig {
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new ConfigError(file, [`cannot read the config as JSON (${(e as Error).message})`]);
-  }
+  const raw = readJsonFile(file, 'the config', (m) => new ConfigError(file, [m.slice(file.length + 2)]));
   return parsePretrainConfig(raw, { ...options, source: file, baseDir: path.dirname(path.resolve(file)) });
 }
 
 export function parsePretrainConfig(raw: unknown, options: ParseOptions = {}): PretrainConfig {
   const source = options.source ?? '<config>';
-  if (!isObject(raw)) throw new ConfigError(source, [`expected a JSON object at the top level, got ${describe(raw)}`]);
+  if (!isJsonObject(raw)) throw new ConfigError(source, [`expected a JSON object at the top level, got ${describe(raw)}`]);
   const v = new Validator(options.baseDir ?? process.cwd(), options.checkPaths ?? true);
   const obj: Record<string, unknown> = { ...raw, ...(options.overrides ?? {}) };
 
@@ -355,7 +351,7 @@ class Validator {
       this.issue('model', "required: {preset: 'tiny'|'base'|'large'} or {config: <path or inline fields>}");
       return null;
     }
-    if (!isObject(m)) {
+    if (!isJsonObject(m)) {
       this.issue('model', `expected an object {preset} or {config}, got ${describe(m)}`);
       return null;
     }
@@ -373,7 +369,7 @@ class Validator {
       return { kind: 'preset', preset: p as ModelPreset };
     }
     if (typeof m.config === 'string') return this.modelFile(m.config, 'model.config');
-    if (!isObject(m.config)) {
+    if (!isJsonObject(m.config)) {
       this.issue('model.config', `expected a path or an object of model fields, got ${describe(m.config)}`);
       return null;
     }
@@ -389,12 +385,12 @@ class Validator {
     if (!this.checkPaths) return { kind: 'file', path: abs, fields: {} };
     let fields: unknown;
     try {
-      fields = JSON.parse(fs.readFileSync(abs, 'utf8'));
+      fields = readJsonFile(abs, 'the model config');
     } catch (e) {
-      this.issue(field, `cannot read model config ${abs} (${(e as Error).message})`);
+      this.issue(field, (e as Error).message);
       return null;
     }
-    if (!isObject(fields)) {
+    if (!isJsonObject(fields)) {
       this.issue(field, `${abs} must hold a JSON object, got ${describe(fields)}`);
       return null;
     }
@@ -431,7 +427,7 @@ class Validator {
     let ratiosInvalid = false;
     for (const [i, d] of raw.entries()) {
       const at = `${key}[${i}]`;
-      if (!isObject(d)) {
+      if (!isJsonObject(d)) {
         this.issue(at, `expected a dataset object {name, db, img, tasks${train ? ', mix_ratio' : ''}}, got ${describe(d)}`);
         continue;
       }
@@ -496,9 +492,6 @@ class Validator {
   }
 }
 
-function isObject(x: unknown): x is Record<string, unknown> {
-  return typeof x === 'object' && x !== null && !Array.isArray(x);
-}
 
 function describe(x: unknown): string {
   if (x === undefined) return 'nothing';

@@ -82,7 +82,20 @@ export interface EmbeddedDefault {
 
 export const EMBEDDED_STEPS = 6000;
 
-export function embeddedDefault(opts: { steps?: number; seed?: number; world?: WorldOptions } = {}): EmbeddedDefault {
+/**
+ * What the embedded default is made of, without generating anything: the world's options, the
+ * model, the settings and the task mix. Runs that must be resumed only with the same recipe
+ * (the ablation) record it.
+ */
+export interface EmbeddedRecipe {
+  world: WorldOptions;
+  model: UniterConfig;
+  settings: TrainSettings;
+  tasks: PretrainSource['tasks'];
+  mixRatio: number[];
+}
+
+export function embeddedRecipe(opts: { steps?: number; seed?: number; world?: WorldOptions } = {}): EmbeddedRecipe {
   // The pre-training world is the default one made easier to ground from scratch: two to four
   // objects per image, only the objects' regions (no parts, background or junk boxes), and
   // roughly zero-mean features. With the detector-like default world a tiny model trained from
@@ -90,7 +103,7 @@ export function embeddedDefault(opts: { steps?: number; seed?: number; world?: W
   // chance with the own image); with these three changes MLM becomes image-grounded and ITM
   // learns within a few thousand steps. Keep every image's features in memory: synthesising them
   // again for each batch would cost more than the model's step.
-  const world = generateWorld({ preset: 'default', cacheSize: 4000, minObjects: 2, maxObjects: 4, clutter: false, centreFeatures: true, ...(opts.world ?? {}) });
+  const world: WorldOptions = { preset: 'default', cacheSize: 4000, minObjects: 2, maxObjects: 4, clutter: false, centreFeatures: true, ...(opts.world ?? {}) };
   // A tiny model trained from scratch in minutes, not from BERT weights over days as the official
   // runs: a wider initialization (0.05) makes attention non-uniform from the first step so that
   // cross-modal attention starts learning at once, and dropout is off (the world is small and
@@ -120,14 +133,19 @@ export function embeddedDefault(opts: { steps?: number; seed?: number; world?: W
     otLambda: 0.1,
     jointMasking: false,
   };
+  return { world, model, settings, tasks: ['itm', 'mlm', 'mrfr', 'mrckl'], mixRatio: [2, 2, 1, 1] };
+}
+
+export function embeddedDefault(opts: { steps?: number; seed?: number; world?: WorldOptions } = {}): EmbeddedDefault {
+  const r = embeddedRecipe(opts);
+  const world = generateWorld(r.world);
   const img = world.images;
-  const tasks: PretrainSource['tasks'] = ['itm', 'mlm', 'mrfr', 'mrckl'];
   return {
     world,
-    model,
-    settings,
-    train: [{ name: 'world', txt: world.textDb('pretrain_world_train'), img, tasks, mix_ratio: [2, 2, 1, 1] }],
-    val: [{ name: 'world', txt: world.textDb('pretrain_world_val'), img, tasks }],
+    model: r.model,
+    settings: r.settings,
+    train: [{ name: 'world', txt: world.textDb('pretrain_world_train'), img, tasks: r.tasks, mix_ratio: r.mixRatio }],
+    val: [{ name: 'world', txt: world.textDb('pretrain_world_val'), img, tasks: r.tasks }],
   };
 }
 

@@ -97,6 +97,14 @@ test('a rerun into the same --out reads finished cells back instead of recomputi
   assert.equal(rebuilt.ran, 1);
   assert.deepEqual(rebuilt.report.cells, first.report.cells);
   await assert.rejects(runAblation({ ...base, pretrainSteps: 4 }), /--pretrain-steps 3, not 4/);
+  // An OUT made with another embedded recipe (e.g. an older release's world) is not mixed in.
+  const configFile = path.join(base.outDir, 'ablation-config.json');
+  const recorded = fs.readFileSync(configFile, 'utf8');
+  const older = JSON.parse(recorded) as { recipe: { world: Record<string, unknown> } };
+  older.recipe.world.clutter = true;
+  fs.writeFileSync(configFile, JSON.stringify(older));
+  await assert.rejects(runAblation(base), /holds an ablation run with the embedded recipe .*"clutter":true/);
+  fs.writeFileSync(configFile, recorded);
 });
 
 test('bad options give errors naming the option', async () => {

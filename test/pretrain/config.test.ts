@@ -155,6 +155,6 @@ describe('pretraining config', () => {
   it('names the file when it is not JSON', () => {
     const file = path.join(root, 'broken.json');
     fs.writeFileSync(file, '{ "model": ');
-    assert.throws(() => loadPretrainConfig(file), new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: invalid pretraining config:\\n  - cannot read the config as JSON`));
+    assert.throws(() => loadPretrainConfig(file), new RegExp(`${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: invalid pretraining config:\\n  - the config is not valid JSON`));
   });
 });

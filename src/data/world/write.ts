@@ -15,6 +15,7 @@ import { writeTxtDb } from '../txtdb.js';
 import { replaceDirAtomic, writeFileAtomic } from '../../util/atomic.js';
 import { CONF_THRESHOLD, MAX_BB, MIN_BB, type WorldImageStore } from './features.js';
 import type { World, WorldCounts } from '../world.js';
+import { readJsonObject } from '../../util/json.js';
 
 export const WORLD_MANIFEST = 'world.json';
 export const WORLD_FORMAT = 'uniter-world';
@@ -115,13 +116,7 @@ export function writeWorld(world: World, dir: string, opts: WriteWorldOptions = 
 /** Reads and checks a world manifest (DIR/world.json). */
 export function readWorldManifest(dir: string): WorldManifest {
   const file = path.join(dir, WORLD_MANIFEST);
-  let raw: unknown;
-  try {
-    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (e) {
-    throw new Error(`${file}: cannot read the world manifest (${(e as Error).message})`);
-  }
-  const m = raw as Partial<WorldManifest>;
+  const m = readJsonObject(file, 'the world manifest') as Partial<WorldManifest>;
   if (m.format !== WORLD_FORMAT) throw new Error(`${file}: field 'format' is ${JSON.stringify(m.format)}, expected '${WORLD_FORMAT}'`);
   if (m.version !== WORLD_FORMAT_VERSION) throw new Error(`${file}: field 'version' is ${JSON.stringify(m.version)}, expected ${WORLD_FORMAT_VERSION}`);
   for (const k of ['imgDbs', 'txtDbs', 'splits', 'options'] as const) {
