@@ -5,7 +5,7 @@
  */
 import { defaultTokenizer } from '../data/tokenizer.js';
 import { ItmDataset, MlmDataset } from '../data/datasets.js';
-import type { TextSource } from '../data/types.js';
+import type { ImageSource, TextSource } from '../data/types.js';
 import { COLOURS, SHAPES } from '../data/world/concepts.js';
 import { UniterRunner } from '../model/runner.js';
 import { Rng } from '../util/rng.js';
@@ -59,6 +59,33 @@ export async function showWhatItLearned(result: PretrainResult, d: EmbeddedDefau
   });
   const use = await imageUse(runner, val.txt, val.img);
   say(`  image use: masked colour/shape words right ${(100 * use.own).toFixed(1)}% with the caption's own image, ${(100 * use.other).toFixed(1)}% with another image (${use.words} words; chance 12.5%)`);
+  const mrckl = result.validation['mrckl']?.['mrckl_acc'];
+  if (mrckl !== undefined) {
+    const base = majorityClassRate(val.txt, val.img);
+    say(`  region classes (MRC-kl): a masked region's class right ${(100 * mrckl).toFixed(1)}% of the time; always naming the most frequent class gives ${(100 * base.rate).toFixed(1)}% (${base.classes} classes seen in ${base.regions} held-out regions)`);
+  }
+}
+
+/**
+ * The MRC-kl baseline without looking at anything: how often the held-out regions' most frequent
+ * class (argmax of the detector's soft label) is the right answer.
+ */
+export function majorityClassRate(txt: TextSource, img: ImageSource): { rate: number; classes: number; regions: number } {
+  const counts = new Map<number, number>();
+  let regions = 0;
+  for (const fname of new Set(txt.ids().map((id) => String(txt.get(id).img_fname)))) {
+    const rec = img.get(fname);
+    if (!rec.softLabels) continue;
+    const L = img.labelDim;
+    for (let r = 0; r < rec.nbb; r++) {
+      let best = 0;
+      for (let c = 1; c < L; c++) if (rec.softLabels[r * L + c] > rec.softLabels[r * L + best]) best = c;
+      counts.set(best, (counts.get(best) ?? 0) + 1);
+      regions++;
+    }
+  }
+  const top = Math.max(0, ...counts.values());
+  return { rate: regions ? top / regions : 0, classes: counts.size, regions };
 }
 
 /**

@@ -6,7 +6,7 @@ import { COLOURS, SHAPES } from '../../src/data/world/concepts.js';
 import { PRESETS, type UniterConfig } from '../../src/model/config.js';
 import { allSpecs, initParams, TIES } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
-import { imageUse } from '../../src/pretrain/demo.js';
+import { imageUse, majorityClassRate } from '../../src/pretrain/demo.js';
 
 const MODEL: UniterConfig = { ...PRESETS.tiny, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64 };
 
@@ -22,4 +22,26 @@ test('image use: scores every masked colour/shape word with the own and with ano
   const use = await imageUse(new UniterRunner(MODEL, params, 1), txt, world.images, 12);
   assert.equal(use.words, expectedWords);
   for (const acc of [use.own, use.other]) assert.ok(acc >= 0 && acc <= 1 && Number.isFinite(acc));
+});
+
+test('MRC-kl baseline: the most frequent class among the held-out images\' regions', () => {
+  const L = 4;
+  // Two images: 3 regions of class 2, 1 of class 3 (argmax of each soft label).
+  const labels: Record<string, number[]> = { a: [2, 2, 3], b: [2] };
+  const img = {
+    imgDim: 1,
+    labelDim: L,
+    has: (f: string) => f in labels,
+    nbb: (f: string) => labels[f].length,
+    keys: () => Object.keys(labels),
+    get: (f: string) => {
+      const soft = new Float32Array(labels[f].length * L).fill(0.1);
+      labels[f].forEach((c, r) => (soft[r * L + c] = 0.7));
+      return { nbb: labels[f].length, features: new Float32Array(labels[f].length), normBb: new Float32Array(labels[f].length * 7), softLabels: soft };
+    },
+  };
+  const recs = [{ id: 'x', img_fname: 'a' }, { id: 'y', img_fname: 'a' }, { id: 'z', img_fname: 'b' }];
+  const txt = { ids: () => recs.map((r) => r.id), len: () => 1, get: (id: string) => ({ ...recs.find((r) => r.id === id)!, input_ids: [1] }) };
+  // Image 'a' counts once although two captions use it.
+  assert.deepEqual(majorityClassRate(txt as never, img as never), { rate: 0.75, classes: 2, regions: 4 });
 });
