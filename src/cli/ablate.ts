@@ -24,7 +24,7 @@ import type { Command } from './main.js';
  */
 export const ABLATION_DEFAULTS = {
   seeds: 3,
-  pretrainSteps: 200,
+  pretrainSteps: 1000,
   finetuneSteps: { vqa: 40, retrieval: 15, nlvr2: 30, re: 30 } as Record<DownstreamName, number>,
   out: path.join('runs', 'ablation'),
 };

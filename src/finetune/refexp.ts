@@ -6,7 +6,9 @@
  * mlp = 2 Linear -> GELU -> LayerNorm -> Linear) scores every region's output, padded regions
  * at -1e4. Training uses the ground-truth boxes (one region per annotation, in the image's
  * `ann_ids` order), target = the referred annotation's index, loss = cross-entropy over regions
- * SUMMED over the batch (official "cls" loss), batches of a fixed number of examples (official
+ * SUMMED over the batch (official "cls" loss; option train_loss "rank" gives the official hinge
+ * with margin 0.2 on sigmoid scores against the hardest other region in hard_ratio 0.3 of the
+ * examples and a random other real region in the rest, also summed), batches of a fixed number of examples (official
  * 128) taken in txt_db order: the official per-epoch shuffle never reaches the dataset's id
  * list, so by default this loader does not shuffle either (option `shuffle` turns it on).
  *
@@ -19,7 +21,8 @@
  * Side files of an RE txt_db (official ReTxtTokLmdb): images.json [{id, ann_ids, width,
  * height, file_name?, det_file_name?}], refs.json [{ref_id, sent_ids, ...}] (example order).
  */
-import type { ImageSource, TextRecord, TextSource } from '../data/types.js';
+import type { Batch, ImageSource, TextRecord, TextSource } from '../data/types.js';
+import { bool, i64, toNumbers } from '../engine/host.js';
 import { ReDataset, type ReImageInfo } from '../data/datasets.js';
 import type { ReExample } from '../data/collate.js';
 import { ExampleCountSampler, TaskLoader } from '../data/sampler.js';
@@ -29,7 +32,7 @@ import { Rng } from '../util/rng.js';
 import { argmaxRows } from './metrics.js';
 import { computeIoU, isCorrectGrounding, regionBoxXywh, type XywhBox } from './iou.js';
 import { loaderSource, splitOf, type EvalSplit, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './tasks.js';
-import type { Evaluation, FinetuneSettings } from './trainer.js';
+import type { Evaluation, FinetuneSettings, TrainBatchSource } from './trainer.js';
 import { recipe } from './defaults.js';
 
 export type ReBoxes = 'gt' | 'det';
@@ -224,15 +227,74 @@ export function reTrainLoader(input: ReTrainInput): { loader: TaskLoader<ReExamp
 export interface ReTaskOptions {
   mlp: 1 | 2;
   shuffle: boolean;
+  /** Official train_loss: 'cls' (CE over regions) or 'rank' (hinge against one negative region). */
+  trainLoss: 'cls' | 'rank';
+  /** Hinge margin of the rank loss (official margin). */
+  margin: number;
+  /** Share of examples whose negative is the hardest region rather than a random one (official hard_ratio). */
+  hardRatio: number;
 }
 
-export const RE_OPTION_DEFAULTS = { mlp: 1, shuffle: false } as const;
+export const RE_OPTION_DEFAULTS = { mlp: 1, shuffle: false, train_loss: 'cls', margin: 0.2, hard_ratio: 0.3 } as const;
 
 export function reOptions(options: TaskOptionValues, source: string): ReTaskOptions {
   const o = { ...RE_OPTION_DEFAULTS, ...options } as Record<string, unknown>;
   if (o.mlp !== 1 && o.mlp !== 2) throw new Error(`${source}: re option 'mlp' must be 1 or 2 (RE head layers), got ${JSON.stringify(o.mlp)}`);
   if (typeof o.shuffle !== 'boolean') throw new Error(`${source}: re option 'shuffle' must be true or false, got ${JSON.stringify(o.shuffle)}`);
-  return { mlp: o.mlp, shuffle: o.shuffle };
+  if (o.train_loss !== 'cls' && o.train_loss !== 'rank') throw new Error(`${source}: re option 'train_loss' must be 'cls' or 'rank', got ${JSON.stringify(o.train_loss)}`);
+  if (typeof o.margin !== 'number' || !(o.margin >= 0)) throw new Error(`${source}: re option 'margin' must be a number >= 0, got ${JSON.stringify(o.margin)}`);
+  if (typeof o.hard_ratio !== 'number' || !(o.hard_ratio >= 0 && o.hard_ratio <= 1)) throw new Error(`${source}: re option 'hard_ratio' must be a number in [0, 1], got ${JSON.stringify(o.hard_ratio)}`);
+  return { mlp: o.mlp, shuffle: o.shuffle, trainLoss: o.train_loss, margin: o.margin, hardRatio: o.hard_ratio };
+}
+
+/**
+ * Adds the rank loss's negatives to an RE training batch: per example, whether it takes the hard
+ * negative (probability hardRatio; the graph finds that region) and a random real region other
+ * than the target (fields re_hard [B] and re_neg_ix [B]). An example with a single region has no
+ * other real region: it takes the hard negative, a padded region scored -1e4, so its loss is
+ * max(0, margin - sigmoid(target score)).
+ */
+export function addRankNegatives(batch: Batch, rng: Rng, hardRatio: number): void {
+  const obj = batch.get('obj_masks');
+  const tgt = batch.get('targets');
+  if (!obj || !tgt) throw new Error('RE rank loss: the batch lacks obj_masks or targets');
+  const [B, N] = obj.shape;
+  const targets = toNumbers(tgt);
+  const hard: boolean[] = [];
+  const neg: number[] = [];
+  for (let b = 0; b < B; b++) {
+    let nbb = 0;
+    for (let k = 0; k < N; k++) if (!Number(obj.data[b * N + k])) nbb++;
+    const useHard = rng.uniform() < hardRatio || nbb < 2;
+    // Draw among the nbb - 1 regions other than the target.
+    let ix = nbb < 2 ? 0 : rng.int(nbb - 1);
+    if (nbb >= 2 && ix >= targets[b]) ix++;
+    hard.push(useHard);
+    neg.push(ix);
+  }
+  batch.set('re_hard', bool([B], hard));
+  batch.set('re_neg_ix', i64([B], neg));
+}
+
+/** A training source whose batches carry rank-loss negatives, drawn reproducibly per batch (resume-safe). */
+function withRankNegatives(source: TrainBatchSource, seed: number, hardRatio: number): TrainBatchSource {
+  let drawn = 0;
+  return {
+    next() {
+      const b = source.next();
+      addRankNegatives(b.batch, new Rng(seed, 're-rank-negatives', drawn++), hardRatio);
+      return b;
+    },
+    state: () => ({ loader: source.state(), drawn }),
+    restore(s) {
+      const st = s as { loader: unknown; drawn: number };
+      source.restore(st.loader);
+      drawn = st.drawn;
+    },
+    get dropped() {
+      return source.dropped;
+    },
+  };
 }
 
 /** The GT-box and detection stores of a split: `gtImg` + `img` (detections) when both, else `img` holds the GT boxes. */
@@ -277,7 +339,7 @@ export function reDefaultSettings(steps = RE_WORLD_STEPS): FinetuneSettings {
 
 export const reTask: TaskDefinition = {
   name: 're',
-  summary: 'referring expressions (CE over regions; accuracy at IoU > 0.5 on GT and detected boxes)',
+  summary: 'referring expressions (CE over regions, or train_loss "rank": hinge against the hardest/a random other region; accuracy at IoU > 0.5 on GT and detected boxes)',
   worldPrefix: 're',
   optionDefaults: { ...RE_OPTION_DEFAULTS },
   defaultSettings: reDefaultSettings,
@@ -293,11 +355,13 @@ export const reTask: TaskDefinition = {
     const { images, ids } = splitInfo(train);
     // The settings' batch sizes count examples for RE, as the official train/val_batch_size do.
     const { loader, dropped } = reTrainLoader({ txt: train.txt, img: reStores(train).gt, images, ids, batchSize: settings.trainBatchTokens, maxTxtLen: settings.maxTxtLen, shuffle: o.shuffle, seed: settings.seed });
-    const source = loaderSource(loader);
+    const loaded = loaderSource(loader);
+    const source = o.trainLoss === 'rank' ? withRankNegatives(loaded, settings.seed, o.hardRatio) : loaded;
     const val = splitOf(data, 'val', 're');
     return {
       name: 're',
       graphTask: o.mlp === 1 ? 're_mlp1' : 're_mlp2',
+      graphOptions: o.trainLoss === 'rank' ? { reRankMargin: o.margin } : undefined,
       isHeadParam: (n) => n.startsWith('re_output'),
       // The official RefCOCO configs validate on detected boxes; without a detection store, on GT boxes.
       selectMetric: reStores(val).det ? 'acc_det' : 'acc_gt',

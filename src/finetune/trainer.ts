@@ -80,7 +80,7 @@ export interface FinetuneJob {
   /** Short task name used in logs, reports and checks on resume ('vqa', 'nlvr2'); no underscore. */
   name: string;
   graphTask: DownstreamTask;
-  graphOptions?: HeadOptions & { sampleSize?: number };
+  graphOptions?: HeadOptions & { sampleSize?: number; reRankMargin?: number | null };
   /** Parameters trained at lr x lrMultiplier. */
   isHeadParam(name: string): boolean;
   /** Metric of the 'val' split that chooses OUT/best (higher is better). */

@@ -34,7 +34,7 @@ export class UniterRunner {
   }
 
   compiled(task: TaskName, opts: TaskOptions): { program: Program; taskGraph: TaskGraph } {
-    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks]);
+    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks, opts.reRankMargin ?? null]);
     let hit = this.programs.get(key);
     if (!hit) {
       this.validate(headOf(task), opts);
@@ -47,7 +47,7 @@ export class UniterRunner {
 
   async run(task: TaskName, batch: Batch, opts: RunOptions): Promise<Map<string, HostTensor>> {
     const { program, taskGraph } = this.compiled(task, opts);
-    const feeds = prepareFeeds(task, batch, { inference: opts.inference });
+    const feeds = prepareFeeds(task, batch, { inference: opts.inference, reRank: opts.reRankMargin != null });
     for (const name of taskGraph.params) feeds.set(name, this.params.get(name)!);
     return program.run(feeds, opts.dropout);
   }

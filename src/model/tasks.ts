@@ -19,6 +19,7 @@ import {
   greater,
   linear,
   logSoftmax,
+  max,
   mean,
   meanAll,
   mul,
@@ -82,6 +83,12 @@ export interface TaskOptions extends HeadOptions {
   inference?: boolean;
   /** Region masking input for tasks that do not mask regions by default (joint-masking ablation). */
   imgMasks?: boolean;
+  /**
+   * Referring expressions trained with the official "rank" loss instead of "cls": hinge with this
+   * margin on sigmoid scores of the target against one negative region per example (the
+   * highest-scoring other region, or a random one; chosen on the host, fed as re_neg_ix/re_hard).
+   */
+  reRankMargin?: number | null;
 }
 
 export function headOf(task: TaskName): HeadName {
@@ -257,7 +264,19 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
       out.scores = scores;
       if (!infer) {
         const targets = g.input('re_targets', 'int64', ['B']);
-        const per = losses.crossEntropy(scores, targets);
+        let per: Tensor;
+        if (opts.reRankMargin != null) {
+          // Official "rank": the hard negative is the best-scoring region other than the target
+          // (padded regions sit at -1e4), the easy one a random real region other than the target.
+          const isTarget = g.input('re_target_mask', 'bool', ['B', 'N']);
+          const hard = g.input('re_hard', 'bool', ['B']);
+          const randomIx = g.input('re_neg_ix', 'int64', ['B']);
+          const pos = gatherElements(scores, unsqueeze(targets, [1]), 1);
+          const hardNeg = max(where(isTarget, -1e9, scores), [1], true);
+          const randomNeg = gatherElements(scores, unsqueeze(randomIx, [1]), 1);
+          const neg = where(unsqueeze(hard, [1]), hardNeg, randomNeg);
+          per = squeeze(losses.rankHinge(pos, neg, opts.reRankMargin), [1]);
+        } else per = losses.crossEntropy(scores, targets);
         out.loss_per_example = per;
         loss = sum(per, [0]);
       }
@@ -330,7 +349,7 @@ function reMlp2(P: Params, x: Tensor): Tensor {
 // Feeds
 
 /** Graph feeds for a task from an official batch (plus host-computed index tensors). */
-export function prepareFeeds(task: TaskName, batch: Batch, opts: { inference?: boolean } = {}): Map<string, HostTensor> {
+export function prepareFeeds(task: TaskName, batch: Batch, opts: { inference?: boolean; reRank?: boolean } = {}): Map<string, HostTensor> {
   const feeds = new Map<string, HostTensor>();
   const need = (name: string): HostTensor => {
     const t = batch.get(name);
@@ -400,7 +419,15 @@ export function prepareFeeds(task: TaskName, batch: Batch, opts: { inference?: b
       const pos: number[] = [];
       for (let b = 0; b < B; b++) for (let k = 0; k < N; k++) pos.push(Math.min(txtLens[b] + k, Lj - 1));
       feeds.set('re_img_positions', i64([B, N], pos));
-      feeds.set('re_targets', i64([B], toNumbers(need('targets'))));
+      const targets = toNumbers(need('targets'));
+      feeds.set('re_targets', i64([B], targets));
+      if (opts.reRank) {
+        feeds.set('re_neg_ix', need('re_neg_ix'));
+        feeds.set('re_hard', need('re_hard'));
+        const isTarget = new Array<boolean>(B * N).fill(false);
+        targets.forEach((t, b) => (isTarget[b * N + t] = true));
+        feeds.set('re_target_mask', bool([B, N], isTarget));
+      }
       break;
     }
     case 'retrieval':

@@ -9,9 +9,11 @@ import { generateWorld, type World } from '../../src/data/world.js';
 import { PRESETS, type UniterConfig } from '../../src/model/config.js';
 import { allSpecs, initParams } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
+import { Rng } from '../../src/util/rng.js';
 import { computeIoU, regionBoxXywh } from '../../src/finetune/iou.js';
 import { crossEntropySum } from '../../src/finetune/metrics.js';
 import {
+  addRankNegatives,
   evaluateRe,
   parseReImages,
   reExampleIds,
@@ -157,6 +159,41 @@ describe('RE training', () => {
     assert.ok(Math.abs((out.get('loss')!.data[0] as number) - expected / 6) > 1, 'a sum over the 6 examples, not their mean');
   });
 
+  it('the rank loss (official train_loss "rank"): hinge on sigmoid scores against the hardest or a random other region, summed', async () => {
+    const s = split('train');
+    const { loader } = reTrainLoader({ txt: s.txt, img: reStores(s).gt, images: images(s), batchSize: 16, maxTxtLen: 60, shuffle: false, seed: 1 });
+    const { batch } = loader.next();
+    addRankNegatives(batch, new Rng(5), 0.5);
+    const [B, N] = batch.get('obj_masks')!.shape;
+    const obj = batch.get('obj_masks')!.data;
+    const targets = Array.from(batch.get('targets')!.data as BigInt64Array, Number);
+    const hard = Array.from(batch.get('re_hard')!.data as Uint8Array, Boolean);
+    const negIx = Array.from(batch.get('re_neg_ix')!.data as BigInt64Array, Number);
+    assert.ok(hard.some((h) => h) && hard.some((h) => !h), 'both kinds of negative occur at ratio 0.5');
+    for (let b = 0; b < B; b++) {
+      const nbb = [...Array(N).keys()].filter((k) => !Number(obj[b * N + k])).length;
+      if (nbb > 1) assert.ok(negIx[b] !== targets[b] && negIx[b] < nbb, `random negative ${negIx[b]} of example ${b}: a real region other than target ${targets[b]}`);
+    }
+    const runner = new UniterRunner(CFG, initParams(allSpecs(CFG, 're_mlp1'), 0.5, 3), 1);
+    const out = await runner.run('re_mlp1', batch, { training: false, grads: true, reRankMargin: 0.2 });
+    const sc = out.get('scores')!.data as Float32Array;
+    const sig = (x: number) => 1 / (1 + Math.exp(-x));
+    let expected = 0;
+    for (let b = 0; b < B; b++) {
+      const row = sc.subarray(b * N, (b + 1) * N);
+      let negScore = row[negIx[b]];
+      if (hard[b]) negScore = Math.max(...[...row].filter((_, k) => k !== targets[b]));
+      expected += Math.max(0, 0.2 + sig(negScore) - sig(row[targets[b]]));
+    }
+    const loss = out.get('loss')!.data[0] as number;
+    assert.ok(expected > 0.5, `the hinge is active for several examples (${expected})`);
+    assert.ok(Math.abs(loss - expected) < 1e-4 * Math.max(1, expected), `graph ${loss} vs hand-computed ${expected}`);
+    assert.ok((out.get('grad.re_output.weight')!.data as Float32Array).some((v) => v !== 0), 'the loss reaches the head');
+    // The same batch under "cls" is a different loss (the options give different graphs).
+    const cls = await runner.run('re_mlp1', batch, { training: false, grads: false });
+    assert.notEqual(cls.get('loss')!.data[0], loss);
+  });
+
   for (const mlp of [1, 2] as const) {
     it(`fine-tunes the mlp=${mlp} head end to end and reports accuracy on GT and detected boxes`, async () => {
       const data = taskData();
@@ -202,9 +239,35 @@ describe('RE training', () => {
     });
   }
 
+  it('fine-tunes with train_loss "rank" end to end (resume-safe negatives)', async () => {
+    const data = taskData();
+    const options = { ...reTask.optionDefaults, train_loss: 'rank', hard_ratio: 0.3 };
+    const plan = reTask.plan(CFG, options, data, 1);
+    const init = initialFinetuneParams(plan.cfg, plan.head, plan.headOptions, 1, null, plan.hooks);
+    const settings = { trainBatchTokens: 32, valBatchSize: 128, accumulation: 1, learningRate: 1e-3, lrMultiplier: 1, warmupSteps: 1, steps: 2, validEvery: 0, saveEvery: 0, keepCheckpoints: 1, logEvery: 1, gradNorm: 2, weightDecay: 0.01, betas: [0.9, 0.98] as [number, number], seed: 24, maxTxtLen: 60, dropout: 0.1 };
+    const job = reTask.job({ data, settings, options, plan });
+    assert.deepEqual(job.graphOptions, { reRankMargin: 0.2 });
+    // The source's state carries the negatives' draw count, so a resumed run draws the same ones.
+    const first = job.train.next().batch.get('re_neg_ix')!;
+    const saved = job.train.state();
+    const second = job.train.next().batch.get('re_neg_ix')!;
+    job.train.restore(saved);
+    assert.deepEqual(job.train.next().batch.get('re_neg_ix')!.data, second.data);
+    assert.equal(first.shape[0], 32);
+    const fresh = reTask.job({ data, settings, options, plan });
+    const r = await finetune({ job: fresh, modelConfig: plan.cfg, params: init.params, settings, outDir: path.join(tmp, 're-rank'), quiet: true });
+    assert.equal(r.steps, 2);
+    // A hinge per example in [0, 1 + margin], summed over the 32 examples.
+    for (const l of r.losses) assert.ok(l.loss > 0 && l.loss <= 32 * 1.2, `loss ${l.loss}`);
+    assert.ok(r.validation.val.acc_gt >= 0 && r.validation.val.acc_gt <= 1);
+  });
+
   it('option errors name the option; a split without images.json is reported', () => {
     assert.throws(() => reTask.checkOptions({ mlp: 3 }, 'cfg.json'), /cfg.json: re option 'mlp' must be 1 or 2/);
     assert.throws(() => reTask.checkOptions({ shuffle: 'no' }, 'cfg.json'), /'shuffle' must be true or false/);
+    assert.throws(() => reTask.checkOptions({ train_loss: 'hinge' }, 'cfg.json'), /cfg.json: re option 'train_loss' must be 'cls' or 'rank', got "hinge"/);
+    assert.throws(() => reTask.checkOptions({ margin: -1 }, 'cfg.json'), /re option 'margin' must be a number >= 0/);
+    assert.throws(() => reTask.checkOptions({ hard_ratio: 2 }, 'cfg.json'), /re option 'hard_ratio' must be a number in \[0, 1\]/);
     const data = taskData();
     const noSide: SplitData = { ...data.train[0], sideFile: () => undefined };
     const plan = reTask.plan(CFG, {}, data, 1);
