@@ -15,12 +15,12 @@ import { intFlag } from './finetune.js';
 import type { Command } from './main.js';
 
 /**
- * Defaults sized for roughly 35-45 minutes on an idle 2-core machine. Measured at these settings
- * (1 ONNX thread on a loaded 2-core machine, CPU seconds, tiny model, default world): a cell
- * without pre-training 99 s (VQA 22, retrieval 40, NLVR2 15, RE 22: the fixed evaluation cost of
- * the val and test splits is about a third), pre-training 200 steps of the four-task mix with WRA
- * 60 s (MLM alone or ITM without OT cost less). Per seed: 6 pre-trainings and 28 fine-tunings,
- * about 16 CPU-minutes; with 2 threads on an idle machine the wall time is lower.
+ * Defaults: 1000 pre-training steps, enough for MLM to ground words in regions on the main job's
+ * world (ITM starts only after 2000-3000 steps, which 21 cells cannot afford here). Measured with
+ * three seed processes and the main job sharing 2 cores (mean CPU seconds per run, tiny model):
+ * pre-training 229 s, fine-tuning VQA 12, retrieval 19, NLVR2 12, RE 14 (val and test evaluation
+ * included). Per seed: 6 pre-trainings and 28 fine-tunings, about 26 CPU-minutes; the whole default
+ * run took about 65 minutes of wall time that way.
  */
 export const ABLATION_DEFAULTS = {
   seeds: 3,
