@@ -137,6 +137,7 @@ export interface ParseOptions {
 
 /** Read and validate a pretraining config file; relative paths resolve against its directory. */
 export function loadPretrainConfig(file: string, options: Omit<ParseOptions, 'source' | 'baseDir'> = {}): PretrainConfig {
+  // ConfigError puts the file name in front itself: keep only the reason after "<file>: ".
   const raw = readJsonFile(file, 'the config', (m) => new ConfigError(file, [m.slice(file.length + 2)]));
   return parsePretrainConfig(raw, { ...options, source: file, baseDir: path.dirname(path.resolve(file)) });
 }
