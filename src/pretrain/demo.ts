@@ -1,13 +1,18 @@
 /**
  * "What it learned": a few held-out examples scored by the freshly pre-trained model: masked
  * words filled in (MLM), matched vs. swapped images (ITM) and the word-region alignment plan
- * (WRA) for a caption.
+ * (WRA) for a caption; then held-out measures: image use by MLM, MRC-kl against its baseline and
+ * zero-shot retrieval with the ITM head.
  */
 import { defaultTokenizer } from '../data/tokenizer.js';
 import { ItmDataset, MlmDataset } from '../data/datasets.js';
 import type { ImageSource, TextSource } from '../data/types.js';
 import { COLOURS, SHAPES } from '../data/world/concepts.js';
 import { UniterRunner } from '../model/runner.js';
+import type { UniterConfig } from '../model/config.js';
+import { initRankOutput } from '../model/surgery.js';
+import type { HostTensor } from '../engine/host.js';
+import { buildGallery, evaluateRetrieval, type RetrievalEvaluation } from '../finetune/retrieval.js';
 import { Rng } from '../util/rng.js';
 import type { EmbeddedDefault } from './run.js';
 import type { PretrainResult } from './trainer.js';
@@ -64,6 +69,26 @@ export async function showWhatItLearned(result: PretrainResult, d: EmbeddedDefau
     const base = majorityClassRate(val.txt, val.img);
     say(`  region classes (MRC-kl): a masked region's class right ${(100 * mrckl).toFixed(1)}% of the time; always naming the most frequent class gives ${(100 * base.rate).toFixed(1)}% (${base.classes} classes seen in ${base.regions} held-out regions)`);
   }
+  if (result.params.has('itm_output.weight')) {
+    const zs = await zeroShotRetrieval(d.model, result.params, val.txt, val.img, ZERO_SHOT_IMAGES);
+    const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
+    const m = zs.metrics;
+    say(`  retrieval (zero-shot, ITM head): ${zs.captions} held-out captions x ${zs.images} images; image R@1 ${pct(m.img_r1)}, R@5 ${pct(m.img_r5)}, R@10 ${pct(m.img_r10)}; text R@1 ${pct(m.txt_r1)}, R@5 ${pct(m.txt_r5)}, R@10 ${pct(m.txt_r10)} (chance R@1 ${pct(1 / zs.images)})`);
+  }
+}
+
+/** Gallery size of the main job's retrieval check (all pairs scored: captions x images). */
+const ZERO_SHOT_IMAGES = 100;
+
+/**
+ * Image-text retrieval with the pre-trained ITM head alone, as the official inf_itm.py scores a
+ * pre-trained model: rank_output := itm_output's "matched" row, every caption of the first
+ * `maxImages` images against every one of them. The given parameters are left as they are.
+ */
+export async function zeroShotRetrieval(cfg: UniterConfig, params: ReadonlyMap<string, HostTensor>, txt: TextSource, img: ImageSource, maxImages: number): Promise<RetrievalEvaluation> {
+  const withRank = new Map(params);
+  initRankOutput(withRank);
+  return evaluateRetrieval(new UniterRunner(cfg, withRank), buildGallery({ txt, img }, { maxImages }));
 }
 
 /**

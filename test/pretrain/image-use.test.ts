@@ -6,7 +6,7 @@ import { COLOURS, SHAPES } from '../../src/data/world/concepts.js';
 import { PRESETS, type UniterConfig } from '../../src/model/config.js';
 import { allSpecs, initParams, TIES } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
-import { imageUse, majorityClassRate } from '../../src/pretrain/demo.js';
+import { imageUse, majorityClassRate, zeroShotRetrieval } from '../../src/pretrain/demo.js';
 
 const MODEL: UniterConfig = { ...PRESETS.tiny, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64 };
 
@@ -44,4 +44,18 @@ test('MRC-kl baseline: the most frequent class among the held-out images\' regio
   const txt = { ids: () => recs.map((r) => r.id), len: () => 1, get: (id: string) => ({ ...recs.find((r) => r.id === id)!, input_ids: [1] }) };
   // Image 'a' counts once although two captions use it.
   assert.deepEqual(majorityClassRate(txt as never, img as never), { rate: 0.75, classes: 2, regions: 4 });
+});
+
+test('zero-shot retrieval: every caption of the first images against those images, with the ITM head as rank head', async () => {
+  const world = generateWorld({ preset: 'tiny', numImages: 24 });
+  const txt = world.textDb('pretrain_world_val');
+  const params = initParams(allSpecs(MODEL, 'pretrain').filter((p) => !TIES[p.name]), MODEL.initializer_range, 7);
+  const ev = await zeroShotRetrieval(MODEL, params, txt, world.images, 3);
+  const images = [...new Set(txt.ids().map((id) => String(txt.get(id).img_fname)))].slice(0, 3);
+  assert.equal(ev.images, images.length);
+  assert.equal(ev.captions, txt.ids().filter((id) => images.includes(String(txt.get(id).img_fname))).length);
+  assert.equal(ev.pairs, ev.captions * ev.images);
+  for (const v of Object.values(ev.metrics)) assert.ok(v >= 0 && v <= 1);
+  assert.equal(ev.metrics.img_r10, 1, 'with 3 images every caption finds its image within 10');
+  assert.ok(!params.has('rank_output.weight'), 'the caller\'s parameters are not changed');
 });
