@@ -81,7 +81,7 @@ export interface EmbeddedDefault {
 }
 
 // ITM starts between ~2000 and ~3000 steps depending on the seed and ends near 0.91 after 6000
-// (three probe runs); 8000 leaves it room to settle above 0.9 (about 18 minutes on 2 cores).
+// (three probe runs); 8000 leaves it room to settle above 0.9 (about 21 minutes on 2 cores).
 export const EMBEDDED_STEPS = 8000;
 
 /**
