@@ -11,7 +11,7 @@ import { COLOURS, SHAPES } from '../data/world/concepts.js';
 import { UniterRunner } from '../model/runner.js';
 import type { UniterConfig } from '../model/config.js';
 import { initRankOutput } from '../model/surgery.js';
-import type { HostTensor } from '../engine/host.js';
+import { f32, type HostTensor } from '../engine/host.js';
 import { buildGallery, evaluateRetrieval, type RetrievalEvaluation } from '../finetune/retrieval.js';
 import { Rng } from '../util/rng.js';
 import type { EmbeddedDefault } from './run.js';
@@ -101,10 +101,8 @@ export function majorityClassRate(txt: TextSource, img: ImageSource): { rate: nu
   for (const fname of new Set(txt.ids().map((id) => String(txt.get(id).img_fname)))) {
     const rec = img.get(fname);
     if (!rec.softLabels) continue;
-    const L = img.labelDim;
-    for (let r = 0; r < rec.nbb; r++) {
-      let best = 0;
-      for (let c = 1; c < L; c++) if (rec.softLabels[r * L + c] > rec.softLabels[r * L + best]) best = c;
+    // The same argmax the MRC-kl validation takes of its targets.
+    for (const best of argmaxRows(f32([rec.nbb, img.labelDim], rec.softLabels))) {
       counts.set(best, (counts.get(best) ?? 0) + 1);
       regions++;
     }
