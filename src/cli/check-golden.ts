@@ -1,6 +1,7 @@
 /** `uniter check-golden DIR --out FILE.safetensors [--json]`: parity with the official code's numbers. */
 import { writeSafetensors } from '../engine/safetensors.js';
 import { checkGolden } from '../model/golden.js';
+import { checkDetectorGolden, isDetectorFixture } from '../detector/golden.js';
 import type { Command } from './main.js';
 import { parseArgs } from './args.js';
 
@@ -13,19 +14,23 @@ export const command: Command = {
     if (!dir) throw new Error('check-golden: missing fixture directory (usage: uniter check-golden DIR --out FILE.safetensors)');
     const out = a.string.out;
     if (!out) throw new Error('check-golden: --out FILE.safetensors is required');
-    const report = await checkGolden(dir, { threads: a.string.threads ? Number(a.string.threads) : undefined });
+    const threads = a.string.threads ? Number(a.string.threads) : undefined;
+    // A detector fixture (its manifest or config says so) is traced stage by stage instead.
+    const report = isDetectorFixture(dir) ? await checkDetectorGolden(dir, { threads }) : await checkGolden(dir, { threads });
     writeSafetensors(out, report.computed);
     if (a.boolean.json) {
       console.log(JSON.stringify({ failures: report.failures, tensors: report.rows.length, rows: report.rows }));
     } else {
-      const shown = a.boolean.verbose ? report.rows : report.rows.filter((r) => !r.ok || r.kind !== 'batch');
+      const kind = (r: (typeof report.rows)[number]) => ('kind' in r ? r.kind : 'forward');
+      const shown = a.boolean.verbose ? report.rows : report.rows.filter((r) => !r.ok || kind(r) !== 'batch');
       console.log(`${'tensor'.padEnd(72)} ${'max abs err'.padStart(12)} ${'rel err'.padStart(10)} ${'tol'.padStart(10)}  status`);
       for (const r of shown) {
-        const rel = r.scale > 0 ? r.maxAbs / Math.max(r.kind === 'grad' ? r.scale : Math.max(1, r.scale), 1e-30) : r.maxAbs;
+        const rel = r.scale > 0 ? r.maxAbs / Math.max(kind(r) === 'grad' ? r.scale : Math.max(1, r.scale), 1e-30) : r.maxAbs;
         console.log(`${r.name.padEnd(72)} ${fmt(r.maxAbs).padStart(12)} ${fmt(rel).padStart(10)} ${fmt(r.tolerance).padStart(10)}  ${r.ok ? 'ok' : 'FAIL'}${r.note ? ` (${r.note})` : ''}`);
       }
-      const batches = report.rows.filter((r) => r.kind === 'batch');
-      console.log(`\n${report.rows.length - batches.length} tensors checked, ${batches.length} batch fields compared with the project's own collate; ${report.failures} failures. Wrote ${report.computed.size} tensors to ${out}`);
+      const batches = report.rows.filter((r) => kind(r) === 'batch');
+      const batchNote = batches.length ? `, ${batches.length} batch fields compared with the project's own collate` : '';
+      console.log(`\n${report.rows.length - batches.length} tensors checked${batchNote}; ${report.failures} failures. Wrote ${report.computed.size} tensors to ${out}`);
     }
     return report.failures ? 1 : 0;
   },

@@ -3,7 +3,7 @@
  * infers the output shape (and reports shape errors naming the op and both shapes), the
  * gradient rule used by reverse-mode autodiff, and the ONNX emission.
  */
-import { Dim, dimAdd, dimDiv, dimEq, dimProduct, dimSub, dimsConflict, fmtShape } from './dims.js';
+import { Dim, dimAdd, dimDiv, dimEq, dimProduct, dimSub, dimsConflict, fmtShape, freshDim } from './dims.js';
 import { Graph, Tensor, shapeError } from './graph.js';
 import type { DType } from './host.js';
 
@@ -778,6 +778,93 @@ export function bceWithLogits(logits: Tensor, targets: Tensor): Tensor {
   // max(x,0) - x*t + log(1 + exp(-|x|))
   return add(sub(relu(logits), mul(logits, targets)), log(add(exp(neg(abs(logits))), 1)));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Vision ops (inference only: the region detector is never trained here, so no gradient rules)
+
+/** Output length of a convolution or pooling window along one axis (floor, or ceil for Caffe pooling). */
+export function windowOut(size: Dim, kernel: number, stride: number, pad: number, dilation = 1, ceil = false): Dim {
+  // A size that depends on a symbolic input size gets a fresh symbol (ONNX infers it at run time).
+  if (typeof size !== 'number') return freshDim('hw');
+  const span = dilation * (kernel - 1) + 1;
+  const n = (size + 2 * pad - span) / stride;
+  return (ceil ? Math.ceil(n) : Math.floor(n)) + 1;
+}
+
+export interface Conv2dOptions {
+  stride?: number;
+  pad?: number;
+  dilation?: number;
+}
+
+/** 2-D convolution of x [N, C, H, W] with w [O, C, kh, kw] (+ bias [O]), square stride/pad/dilation. */
+export function conv2d(x: Tensor, w: Tensor, bias?: Tensor, opts: Conv2dOptions = {}): Tensor {
+  const { stride = 1, pad = 0, dilation = 1 } = opts;
+  if (x.rank !== 4 || w.rank !== 4) shapeError('conv2d', 'input and weight need rank 4 (NCHW, OIHW)', x.shape, w.shape);
+  if (dimsConflict(x.shape[1], w.shape[1])) shapeError('conv2d', `input has ${x.shape[1]} channels, weight expects ${w.shape[1]}`, x.shape, w.shape);
+  if (bias && (bias.rank !== 1 || dimsConflict(bias.shape[0], w.shape[0]))) shapeError('conv2d', 'bias must be [out channels]', w.shape, bias.shape);
+  const [kh, kw] = [w.shape[2], w.shape[3]];
+  if (typeof kh !== 'number' || typeof kw !== 'number') shapeError('conv2d', 'kernel size must be static', w.shape);
+  const oh = windowOut(x.shape[2], kh, stride, pad, dilation);
+  const ow = windowOut(x.shape[3], kw, stride, pad, dilation);
+  return x.graph.add('conv2d', bias ? [x, w, bias] : [x, w], { stride, pad, dilation, kernel: [kh, kw] }, [x.shape[0], w.shape[0], oh, ow], x.dtype);
+}
+OPS.conv2d = {
+  emit: (ctx, t) => {
+    const { stride, pad, dilation, kernel } = t.attrs as { stride: number; pad: number; dilation: number; kernel: number[] };
+    return ctx.node('Conv', t.inputs.map((_, i) => ctx.input(t, i)), {
+      kernel_shape: A.ints(kernel),
+      strides: A.ints([stride, stride]),
+      pads: A.ints([pad, pad, pad, pad]),
+      dilations: A.ints([dilation, dilation]),
+    });
+  },
+};
+
+/** Max pooling over square windows of x [N, C, H, W]; `ceil` rounds the output size up as Caffe does. */
+export function maxPool2d(x: Tensor, kernel: number, stride: number, pad = 0, ceil = false): Tensor {
+  if (x.rank !== 4) shapeError('maxPool2d', 'input needs rank 4 (NCHW)', x.shape);
+  const oh = windowOut(x.shape[2], kernel, stride, pad, 1, ceil);
+  const ow = windowOut(x.shape[3], kernel, stride, pad, 1, ceil);
+  return x.graph.add('maxPool2d', [x], { kernel, stride, pad, ceil }, [x.shape[0], x.shape[1], oh, ow], x.dtype);
+}
+OPS.maxPool2d = {
+  emit: (ctx, t) => {
+    const { kernel, stride, pad, ceil } = t.attrs as { kernel: number; stride: number; pad: number; ceil: boolean };
+    return ctx.node('MaxPool', [ctx.input(t, 0)], {
+      kernel_shape: A.ints([kernel, kernel]),
+      strides: A.ints([stride, stride]),
+      pads: A.ints([pad, pad, pad, pad]),
+      ceil_mode: A.i(ceil ? 1 : 0),
+    });
+  },
+};
+
+/**
+ * RoI max pooling (Fast R-CNN's RoIPool) of x [N, C, H, W] over rois [R, 5] = (batch index, x1,
+ * y1, x2, y2) in input pixels: coordinates times `spatialScale` rounded half away from zero,
+ * inclusive ends, float32 bin edges; an empty bin gives 0. Output [R, C, pooled, pooled].
+ */
+export function maxRoiPool(x: Tensor, rois: Tensor, pooled: number, spatialScale: number): Tensor {
+  if (x.rank !== 4) shapeError('maxRoiPool', 'feature map needs rank 4 (NCHW)', x.shape);
+  if (rois.rank !== 2 || dimsConflict(rois.shape[1], 5)) shapeError('maxRoiPool', 'rois must be [R, 5] (batch index, x1, y1, x2, y2)', rois.shape);
+  return x.graph.add('maxRoiPool', [x, rois], { pooled, spatialScale }, [rois.shape[0], x.shape[1], pooled, pooled], x.dtype);
+}
+OPS.maxRoiPool = {
+  emit: (ctx, t) => {
+    const { pooled, spatialScale } = t.attrs as { pooled: number; spatialScale: number };
+    return ctx.node('MaxRoiPool', [ctx.input(t, 0), ctx.input(t, 1)], { pooled_shape: A.ints([pooled, pooled]), spatial_scale: A.f(spatialScale) });
+  },
+};
+
+/** Index of the largest value along `axis` (the first one on ties), as int64; the axis is removed. */
+export function argMax(x: Tensor, axis: number): Tensor {
+  const a = normAxis('argMax', axis, x.rank, x.shape);
+  return x.graph.add('argMax', [x], { axis: a }, x.shape.filter((_, i) => i !== a), 'int64');
+}
+OPS.argMax = {
+  emit: (ctx, t) => ctx.node('ArgMax', [ctx.input(t, 0)], { axis: A.i(t.attrs.axis as number), keepdims: A.i(0), select_last_index: A.i(0) }),
+};
 
 export function describe(t: Tensor): string {
   return `${t.op}${fmtShape(t.shape)}`;
