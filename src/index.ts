@@ -14,6 +14,14 @@ export type { ScoringTask, TaskRequest } from './api/tasks.js';
 export { collateInputs, textIds } from './api/inputs.js';
 export type { ModelInput, RegionFeatures, TextImageInput, TextImagePairInput, TextInput } from './api/inputs.js';
 
+// Region features from raw images: the BUTD Faster R-CNN
+export { Detector, regionsOf } from './detector/detector.js';
+export type { DetectorOptions, DetectorRunStats, ImageInput } from './detector/detector.js';
+export type { BoxCountRule, Detection, Regions, RgbImage } from './detector/types.js';
+export { UNITER_BOX_RULE } from './detector/types.js';
+export { VG_CONFIG, parseDetectorConfig, readDetectorConfig } from './detector/config.js';
+export type { DetectorConfig } from './detector/config.js';
+
 // ONNX export
 export { exportOnnx, exportModel, verifyExport, sidecarPath, BATCH_INPUTS } from './export/export.js';
 export type { ExportOnnxOptions, ExportOptions, ExportResult, IoSpec, VerifyReport } from './export/export.js';

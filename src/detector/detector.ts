@@ -33,6 +33,14 @@ export type ImageInput = RgbImage | string | Uint8Array;
 
 type Stages = Map<string, HostTensor>;
 
+/** Where the last `detect` spent its time (seconds) and how much box-head work it had. */
+export interface DetectorRunStats {
+  seconds: { preprocess: number; backbone: number; proposals: number; boxHead: number; selection: number };
+  proposals: number;
+  /** Proposals with distinct RoIPool grid boxes: the box head's real workload. */
+  distinctRois: number;
+}
+
 export class Detector {
   readonly config: DetectorConfig;
   private readonly weights: Map<string, HostTensor>;
@@ -40,6 +48,8 @@ export class Detector {
   private readonly threads?: number;
   private readonly roiChunk: number;
   private programs = new Map<string, Program>();
+  /** Timings and workload of the most recent run. */
+  lastRun: DetectorRunStats | null = null;
 
   private constructor(config: DetectorConfig, tensors: Map<string, HostTensor>, opts: DetectorOptions) {
     this.config = config;
@@ -123,7 +133,9 @@ export class Detector {
     const dims = detectorDims(cfg);
     const K = cfg.roi_heads.num_classes;
     const NA = cfg.roi_box_head.num_attrs;
+    const clock = stopwatch();
     const pre = preprocess(image, cfg);
+    const tPre = clock();
     const put = (name: string, t: HostTensor) => trace?.stages.set(name, t);
     put('preprocess/image', f32([1, 3, pre.height, pre.width], pre.data));
     put('preprocess/image_size', i64([2], [pre.height, pre.width]));
@@ -131,6 +143,7 @@ export class Detector {
     put('preprocess/raw_size', i64([2], [pre.rawHeight, pre.rawWidth]));
 
     const bb = await this.backbone(!!trace).run({ image: f32([1, 3, pre.height, pre.width], pre.data) });
+    const tBackbone = clock();
     const res4 = bb.get('res4')!;
     const [, , fh, fw] = res4.shape;
     const objectness = bb.get('objectness')!;
@@ -156,8 +169,9 @@ export class Detector {
     put('rpn/proposal_logits', f32([P], props.logits));
     if (P === 0) throw new Error(`detector: the RPN kept no proposal for this ${pre.rawWidth}x${pre.rawHeight} image`);
 
-    // The box head, a chunk of proposals at a time (res5 runs on 14x14 maps per proposal).
-    const head = await this.runBoxHead(res4, props.boxes, P);
+    const tProposals = clock();
+    const { head, distinct } = await this.runBoxHead(res4, props.boxes, P);
+    const tHead = clock();
     const clsProbs = head.get('cls_probs')!.data as Float32Array;
     const boxDeltas = head.get('box_deltas')!.data as Float32Array;
     const attrAll = head.get('attr_probs_all')!.data as Float32Array;
@@ -192,6 +206,7 @@ export class Detector {
     put('det/keep', i64([sel.keep.length], sel.keep));
 
     const detection = finalRegions(sel, head.get('features')!.data as Float32Array, dims.res5, clsProbs, K, attrIds, attrProbs, pre, cfg);
+    this.lastRun = { seconds: { preprocess: tPre, backbone: tBackbone, proposals: tProposals, boxHead: tHead, selection: clock() }, proposals: P, distinctRois: distinct };
     const n = detection.numBoxes;
     put('final/num_detections', i64([], [n]));
     put('final/boxes', f32([n, 4], detection.boxes));
@@ -214,31 +229,79 @@ export class Detector {
     return { detection };
   }
 
-  private async runBoxHead(res4: HostTensor, proposals: Float32Array, P: number): Promise<Map<string, HostTensor>> {
+  /**
+   * The box head over every proposal. RoIPool sees a proposal only through its coordinates
+   * rounded to the 1/16 grid, so proposals that round alike have bit-identical outputs: each
+   * distinct grid box runs once (res5 on 14x14 maps is nearly all of the detector's work).
+   */
+  private async runBoxHead(res4: HostTensor, proposals: Float32Array, P: number): Promise<{ head: Map<string, HostTensor>; distinct: number }> {
+    const { unique, rowOf } = distinctGridBoxes(proposals, P, 1 / FEATURE_STRIDE);
+    const U = unique.length;
+    const uniqueBoxes = new Float32Array(U * 4);
+    unique.forEach((p, u) => uniqueBoxes.set(proposals.subarray(p * 4, p * 4 + 4), u * 4));
     const parts = new Map<string, HostTensor[]>();
-    for (let start = 0; start < P; start += this.roiChunk) {
-      const end = Math.min(P, start + this.roiChunk);
-      const out = await this.boxHead(false).run({ res4, rois: roisTensor(proposals.subarray(start * 4, end * 4), end - start) });
+    for (let start = 0; start < U; start += this.roiChunk) {
+      const end = Math.min(U, start + this.roiChunk);
+      const out = await this.boxHead(false).run({ res4, rois: roisTensor(uniqueBoxes.subarray(start * 4, end * 4), end - start) });
       for (const [k, v] of out) {
         if (!parts.has(k)) parts.set(k, []);
         parts.get(k)!.push(v);
       }
     }
     const joined = new Map<string, HostTensor>();
-    for (const [k, list] of parts) joined.set(k, concatRows(list));
+    for (const [k, list] of parts) joined.set(k, gatherRows(concatRows(list), rowOf));
     for (const [k, t] of joined) {
       if (t.dtype !== 'float32') continue;
       const d = t.data as Float32Array;
       for (let i = 0; i < d.length; i++) if (!Number.isFinite(d[i])) throw new Error(`detector: the box head's '${k}' holds ${d[i]} (non-finite; are the weights sane?)`);
     }
-    return joined;
+    return { head: joined, distinct: U };
   }
+}
+
+/** Seconds since the previous call (or creation). */
+function stopwatch(): () => number {
+  let last = performance.now();
+  return () => {
+    const now = performance.now();
+    const s = (now - last) / 1000;
+    last = now;
+    return s;
+  };
 }
 
 function roisTensor(boxes: Float32Array, n: number): HostTensor {
   const rois = new Float32Array(n * 5);
   for (let i = 0; i < n; i++) rois.set(boxes.subarray(i * 4, i * 4 + 4), i * 5 + 1);
   return f32([n, 5], rois);
+}
+
+/** The proposals with distinct RoIPool grid boxes (first of each), and each proposal's row among them. */
+export function distinctGridBoxes(boxes: Float32Array, n: number, scale: number): { unique: number[]; rowOf: Int32Array } {
+  const f = Math.fround;
+  const s = f(scale);
+  const seen = new Map<string, number>();
+  const unique: number[] = [];
+  const rowOf = new Int32Array(n);
+  for (let i = 0; i < n; i++) {
+    // Coordinates are clipped to >= 0, where Math.round is C's round (half away from zero).
+    const key = [0, 1, 2, 3].map((c) => Math.round(f(boxes[i * 4 + c] * s))).join(',');
+    let row = seen.get(key);
+    if (row === undefined) {
+      row = unique.length;
+      seen.set(key, row);
+      unique.push(i);
+    }
+    rowOf[i] = row;
+  }
+  return { unique, rowOf };
+}
+
+function gatherRows(t: HostTensor, rowOf: Int32Array): HostTensor {
+  const width = t.data.length / t.shape[0];
+  const data = t.dtype === 'int64' ? new BigInt64Array(rowOf.length * width) : new Float32Array(rowOf.length * width);
+  rowOf.forEach((r, i) => (data as Float32Array).set((t.data as Float32Array).subarray(r * width, (r + 1) * width), i * width));
+  return { dtype: t.dtype, shape: [rowOf.length, ...t.shape.slice(1)], data };
 }
 
 function concatRows(list: HostTensor[]): HostTensor {
