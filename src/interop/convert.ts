@@ -3,7 +3,9 @@
  *  - a PyTorch checkpoint (`uniter-base.pt`, `model_step_N.pt`, ...) -> a model folder with
  *    `config.json` and `model.safetensors` (official names, float32, ties stored once);
  *  - a model folder -> safetensors with every official name (ties expanded, for
- *    `safetensors.torch.load_file` + `load_state_dict`), or -> a `torch.save` checkpoint.
+ *    `safetensors.torch.load_file` + `load_state_dict`), or -> a `torch.save` checkpoint;
+ *  - a BUTD region detector (the reference port's torch state dict, or the original Caffe
+ *    release) -> a detector folder with `config.json` and `model.safetensors`.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -11,7 +13,12 @@ import { HostTensor } from '../engine/host.js';
 import { SafetensorsError, readSafetensors, writeSafetensors } from '../engine/safetensors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { OfficialWeights, UniterConfigJson, expandTies, resolveUniterConfig, toOfficialWeights } from './official-names.js';
-import { TorchFormat, readTorchCheckpoint } from './torch-checkpoint.js';
+import { TorchCheckpoint, TorchFormat, readTorchCheckpoint } from './torch-checkpoint.js';
+import { DetectorConfig, parseDetectorConfig, writeDetectorConfig } from '../detector/config.js';
+import { replaceDirAtomic } from '../util/atomic.js';
+import { caffeToDetector } from './caffe-detector.js';
+import { CaffeError } from './caffe.js';
+import { DetectorWeightsError, checkDetectorTensors, inferDetectorConfig } from './detector-weights.js';
 import { TorchCheckpointError } from './torch-tensor.js';
 import { TorchSaveFormat, serializeTorchCheckpoint, stateDictFromHost } from './torch-writer.js';
 import { readJsonObject } from '../util/json.js';
@@ -34,8 +41,8 @@ export interface ConvertReport extends OfficialWeights {
 }
 
 /** PyTorch checkpoint -> OUT_DIR/config.json + OUT_DIR/model.safetensors (each written atomically). */
-export function convertTorchCheckpoint(input: string, outDir: string, opts: { configFile?: string } = {}): ConvertReport {
-  const ckpt = readTorchCheckpoint(input);
+export function convertTorchCheckpoint(input: string, outDir: string, opts: { configFile?: string; checkpoint?: TorchCheckpoint } = {}): ConvertReport {
+  const ckpt = opts.checkpoint ?? readTorchCheckpoint(input);
   const official = toOfficialWeights(ckpt);
   const given = opts.configFile ? { source: opts.configFile, json: readJsonObject(opts.configFile, 'config', (m) => new TorchCheckpointError(m)) } : undefined;
   const { config, notes } = resolveUniterConfig(official.tensors, given);
@@ -125,6 +132,129 @@ export function formatConvertReport(r: ConvertReport, maxListed = 6): string {
     `  config (${r.configSource}): vocab ${c.vocab_size}, hidden ${c.hidden_size}, layers ${c.num_hidden_layers}, heads ${c.num_attention_heads}, intermediate ${c.intermediate_size}, positions ${c.max_position_embeddings}, token types ${c.type_vocab_size}, img_dim ${c.img_dim}, img_label_dim ${c.img_label_dim}`,
   );
   for (const n of r.configNotes) lines.push(`    ${n}`);
+  lines.push(`wrote ${r.configFile}`);
+  lines.push(`wrote ${r.weightsFile}`);
+  return lines.join('\n');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Region detector folders
+
+export const DETECTOR_WEIGHTS_FORMAT = 'BUTD Faster R-CNN state_dict (reference names), float32';
+
+export interface DetectorConvertReport {
+  input: string;
+  /** 'caffe' (caffemodel + prototxt) or the torch.save format. */
+  source: 'caffe' | TorchFormat;
+  config: DetectorConfig;
+  configSource: string;
+  /** Config values read off the weights, and those that are VG defaults (inferred configs only). */
+  inferred: string[];
+  defaults: string[];
+  notes: string[];
+  /** State-dict entries left out (num_batches_tracked counters, names the reference lacks). */
+  dropped: string[];
+  tensorCount: number;
+  outDir: string;
+  configFile: string;
+  weightsFile: string;
+}
+
+/** Refuse to replace an existing output unless asked; never replace a file with a folder. */
+function checkOutDir(outDir: string, overwrite: boolean): void {
+  if (!fs.existsSync(outDir)) return;
+  if (!fs.statSync(outDir).isDirectory()) throw new DetectorWeightsError(`${outDir} exists and is not a folder; choose another output path`);
+  if (!overwrite) throw new DetectorWeightsError(`${outDir} already exists; pass --overwrite to replace it`);
+}
+
+function writeDetectorFolder(outDir: string, config: DetectorConfig, tensors: Map<string, HostTensor>, source: string): { configFile: string; weightsFile: string } {
+  replaceDirAtomic(outDir, (tmp) => {
+    writeDetectorConfig(path.join(tmp, CONFIG_FILE), config);
+    writeSafetensors(path.join(tmp, WEIGHTS_FILE), tensors, { format: DETECTOR_WEIGHTS_FORMAT, source });
+  });
+  return { configFile: path.join(outDir, CONFIG_FILE), weightsFile: path.join(outDir, WEIGHTS_FILE) };
+}
+
+/** The original BUTD Caffe release (weights + test prototxt) -> a detector folder. */
+export function convertDetectorCaffe(input: string, prototxt: string, outDir: string, opts: { overwrite?: boolean } = {}): DetectorConvertReport {
+  checkOutDir(outDir, opts.overwrite === true);
+  const read = (file: string): Buffer => {
+    try {
+      return fs.readFileSync(file);
+    } catch (e) {
+      throw new CaffeError(`${file}: cannot read (${(e as Error).message})`);
+    }
+  };
+  const bytes = read(input);
+  const text = read(prototxt).toString('utf8');
+  const { config, tensors, notes } = caffeToDetector(bytes, text, { caffemodel: input, prototxt });
+  const files = writeDetectorFolder(outDir, config, tensors, path.basename(input));
+  return { input, source: 'caffe', config, configSource: `derived from ${prototxt} and the blob shapes, other values VG defaults`, inferred: [], defaults: [], notes, dropped: [], tensorCount: tensors.size, outDir, ...files };
+}
+
+/** Read a detector config file: JSON with the reference's keys (config.json). */
+function readDetectorConfigFile(file: string): DetectorConfig {
+  if (/\.ya?ml$/i.test(file)) {
+    throw new DetectorWeightsError(`${file}: only JSON configs are read; give the reference config as JSON with the same keys (as in a detector folder's config.json)`);
+  }
+  return parseDetectorConfig(readJsonObject(file, 'detector config', (m) => new DetectorWeightsError(m)), file);
+}
+
+/** A reference-port torch state dict (already read) -> a detector folder. */
+export function convertDetectorTorch(ckpt: TorchCheckpoint, outDir: string, opts: { configFile?: string; overwrite?: boolean } = {}): DetectorConvertReport {
+  checkOutDir(outDir, opts.overwrite === true);
+  const where = ckpt.wrapper ? `${ckpt.file} [${ckpt.wrapper}]` : ckpt.file;
+  const tensors = new Map<string, HostTensor>();
+  const dropped: string[] = [];
+  const notes: string[] = [];
+  for (const [n, t] of ckpt.tensors) {
+    // BatchNorm's batch counters only matter for training.
+    if (n.endsWith('.num_batches_tracked')) {
+      dropped.push(n);
+      continue;
+    }
+    if (t.dtype === 'float64') {
+      tensors.set(n, { dtype: 'float32', shape: t.shape, data: Float32Array.from(t.data as Float64Array) });
+      notes.push(`${n}: float64 rounded to float32`);
+    } else if (t.dtype !== 'float32') {
+      throw new DetectorWeightsError(`${where}: tensor '${n}' is ${t.dtype}; the detector's parameters are floating point`);
+    } else tensors.set(n, t);
+  }
+  let config: DetectorConfig;
+  let inferred: string[] = [];
+  let defaults: string[] = [];
+  if (opts.configFile) config = readDetectorConfigFile(opts.configFile);
+  else ({ config, inferred, defaults } = inferDetectorConfig(tensors, where));
+  const { unexpected } = checkDetectorTensors(config, tensors, opts.configFile ? `${where} (with ${opts.configFile})` : where);
+  for (const n of unexpected) {
+    tensors.delete(n);
+    dropped.push(n);
+  }
+  if (unexpected.length) notes.push(`left out ${unexpected.length} tensor(s) the reference detector does not have: ${unexpected.slice(0, 6).join(', ')}${unexpected.length > 6 ? ', ...' : ''}`);
+  const files = writeDetectorFolder(outDir, config, tensors, path.basename(ckpt.file));
+  return {
+    input: ckpt.file,
+    source: ckpt.format,
+    config,
+    configSource: opts.configFile ?? 'inferred from tensor shapes on top of the VG config',
+    inferred,
+    defaults,
+    notes,
+    dropped,
+    tensorCount: tensors.size,
+    outDir,
+    ...files,
+  };
+}
+
+export function formatDetectorReport(r: DetectorConvertReport): string {
+  const c = r.config;
+  const lines = [`read ${r.input} (${r.source === 'caffe' ? 'Caffe BUTD release' : `torch ${r.source} format`}): region detector`];
+  lines.push(`  ${r.tensorCount} tensors${r.dropped.length ? `; left out ${r.dropped.length} (${r.dropped.filter((n) => n.endsWith('num_batches_tracked')).length} num_batches_tracked)` : ''}`);
+  lines.push(`  config (${r.configSource}): ResNet-${c.resnets.depth}, stem ${c.resnets.stem_out_channels}, res2 ${c.resnets.res2_out_channels}, width ${c.resnets.width_per_group}, RPN hidden ${c.proposal_generator.hidden_channels}, ${c.roi_heads.num_classes} classes, ${c.roi_box_head.num_attrs} attributes`);
+  for (const l of r.inferred) lines.push(`    inferred: ${l}`);
+  for (const l of r.defaults) lines.push(`    VG default: ${l}`);
+  for (const n of r.notes) lines.push(`  note: ${n}`);
   lines.push(`wrote ${r.configFile}`);
   lines.push(`wrote ${r.weightsFile}`);
   return lines.join('\n');
