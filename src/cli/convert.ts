@@ -11,7 +11,8 @@ import {
   formatConvertReport,
   formatDetectorReport,
 } from '../interop/convert.js';
-import { DetectorWeightsError, looksLikeDetector } from '../interop/detector-weights.js';
+import { DetectorWeightsError } from '../detector/weights.js';
+import { looksLikeDetector } from '../interop/detector-weights.js';
 import { readTorchCheckpoint } from '../interop/torch-checkpoint.js';
 import { PickleError } from '../interop/torch-pickle.js';
 import { TorchCheckpointError } from '../interop/torch-tensor.js';

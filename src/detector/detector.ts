@@ -13,7 +13,7 @@ import { applyDeltas, gridAnchors, rpnProposals, selectDetections } from './boxe
 import { FEATURE_STRIDE, buildBackbone, buildBoxHead } from './network.js';
 import { preprocess } from './preprocess.js';
 import { BoxCountRule, Detection, Regions, RgbImage, UNITER_BOX_RULE } from './types.js';
-import { checkDetectorWeights, foldBatchNorms, readDetectorFolder } from './weights.js';
+import { CELL_ANCHORS, checkDetectorWeights, foldBatchNorms, readDetectorFolder } from './weights.js';
 
 export interface DetectorOptions {
   /** ONNX Runtime intra-op threads (default: all cores). */
@@ -53,9 +53,9 @@ export class Detector {
 
   private constructor(config: DetectorConfig, tensors: Map<string, HostTensor>, opts: DetectorOptions) {
     this.config = config;
-    this.cellAnchors = Float32Array.from(tensors.get('proposal_generator.anchor_generator.cell_anchors.0')!.data as Float32Array);
+    this.cellAnchors = Float32Array.from(tensors.get(CELL_ANCHORS)!.data as Float32Array);
     this.weights = foldBatchNorms(tensors);
-    this.weights.delete('proposal_generator.anchor_generator.cell_anchors.0');
+    this.weights.delete(CELL_ANCHORS);
     this.threads = opts.threads;
     this.roiChunk = opts.roiChunk ?? 50;
     if (!(Number.isInteger(this.roiChunk) && this.roiChunk >= 1)) throw new Error(`Detector: roiChunk must be a positive integer, got ${opts.roiChunk}`);

@@ -50,6 +50,9 @@ export function resnetBlocks(cfg: DetectorConfig): { backbone: BlockSpec[][]; re
   return { backbone: stages.slice(0, 3), res5: stages[3] };
 }
 
+/** The cell anchors are a parameter of the reference: the checkpoint's values are the ones used. */
+export const CELL_ANCHORS = 'proposal_generator.anchor_generator.cell_anchors.0';
+
 /** Every tensor a config needs, by reference name, with its shape (BatchNorm counters excluded). */
 export function detectorParamShapes(cfg: DetectorConfig): Map<string, number[]> {
   const d = detectorDims(cfg);
@@ -80,7 +83,7 @@ export function detectorParamShapes(cfg: DetectorConfig): Map<string, number[]> 
   conv('proposal_generator.rpn_head.conv', hidden, d.res4, 3, true);
   conv('proposal_generator.rpn_head.objectness_logits', d.anchors, hidden, 1, true);
   conv('proposal_generator.rpn_head.anchor_deltas', d.anchors * 4, hidden, 1, true);
-  shapes.set('proposal_generator.anchor_generator.cell_anchors.0', [d.anchors, 4]);
+  shapes.set(CELL_ANCHORS, [d.anchors, 4]);
   const K = cfg.roi_heads.num_classes;
   const lin = (name: string, out: number, inp: number) => {
     shapes.set(`${name}.weight`, [out, inp]);
@@ -94,29 +97,40 @@ export function detectorParamShapes(cfg: DetectorConfig): Map<string, number[]> 
   return shapes;
 }
 
-/** Strictly check a state dict against a config: every tensor present, right shape, float, finite. */
-export function checkDetectorWeights(cfg: DetectorConfig, tensors: Map<string, HostTensor>, where: string): Map<string, HostTensor> {
+/** Throw unless `t` is float32 with only finite values; names the tensor and the first bad index. */
+export function checkFinite(name: string, t: HostTensor, where: string): void {
+  if (t.dtype !== 'float32') throw new DetectorWeightsError(`${where}: tensor '${name}' has dtype ${t.dtype}, expected float`);
+  const d = t.data as Float32Array;
+  for (let i = 0; i < d.length; i++) {
+    if (!Number.isFinite(d[i])) throw new DetectorWeightsError(`${where}: tensor '${name}' has a non-finite value (${d[i]}) at flat index ${i}`);
+  }
+}
+
+/**
+ * Check a state dict against a config: every tensor present with its shape, float and finite.
+ * Returns the names the config does not use (BatchNorm counters aside); the caller decides.
+ */
+export function checkDetectorTensors(cfg: DetectorConfig, tensors: Map<string, HostTensor>, where: string): { unexpected: string[] } {
   const shapes = detectorParamShapes(cfg);
   const missing = [...shapes.keys()].filter((k) => !tensors.has(k));
   if (missing.length) {
     throw new DetectorWeightsError(`${where}: ${missing.length} detector tensor(s) missing for this config (depth ${cfg.resnets.depth}, ${cfg.roi_heads.num_classes} classes), e.g. ${missing.slice(0, 4).join(', ')}`);
   }
-  const unexpected = [...tensors.keys()].filter((k) => !shapes.has(k) && !k.endsWith('.num_batches_tracked'));
+  for (const [name, shape] of shapes) {
+    const t = tensors.get(name)!;
+    if (t.shape.join() !== shape.join()) throw new DetectorWeightsError(`${where}: tensor '${name}' has shape [${t.shape.join(', ')}], the config needs [${shape.join(', ')}]`);
+    checkFinite(name, t, where);
+  }
+  return { unexpected: [...tensors.keys()].filter((k) => !shapes.has(k) && !k.endsWith('.num_batches_tracked')) };
+}
+
+/** As checkDetectorTensors, refusing unused tensors too; returns exactly the config's tensors. */
+export function checkDetectorWeights(cfg: DetectorConfig, tensors: Map<string, HostTensor>, where: string): Map<string, HostTensor> {
+  const { unexpected } = checkDetectorTensors(cfg, tensors, where);
   if (unexpected.length) {
     throw new DetectorWeightsError(`${where}: ${unexpected.length} tensor(s) the detector config does not use, e.g. ${unexpected.slice(0, 4).join(', ')} (is the config's depth or class count right?)`);
   }
-  const out = new Map<string, HostTensor>();
-  for (const [name, shape] of shapes) {
-    const t = tensors.get(name)!;
-    if (t.shape.join() !== shape.join()) throw new DetectorWeightsError(`${where}: tensor '${name}' has shape [${t.shape}], the config needs [${shape}]`);
-    if (t.dtype !== 'float32') throw new DetectorWeightsError(`${where}: tensor '${name}' has dtype ${t.dtype}, expected float`);
-    const data = t.data as Float32Array;
-    for (let i = 0; i < data.length; i++) {
-      if (!Number.isFinite(data[i])) throw new DetectorWeightsError(`${where}: tensor '${name}' holds ${data[i]} at flat index ${i} (weights must be finite)`);
-    }
-    out.set(name, t);
-  }
-  return out;
+  return new Map([...detectorParamShapes(cfg).keys()].map((k) => [k, tensors.get(k)!]));
 }
 
 /** A detector folder: config.json + model.safetensors (the reference's names). */

@@ -30,7 +30,7 @@
 import { HostTensor, f32 } from '../engine/host.js';
 import { BLOCKS_PER_STAGE, DetectorConfig, VG_CONFIG, parseDetectorConfig } from '../detector/config.js';
 import { CaffeBlob, CaffeError, CaffeLayer, PrototxtLayer, TextMessage, parseCaffemodel, parsePrototxt, prototxtLayers } from './caffe.js';
-import { CELL_ANCHORS, checkDetectorTensors } from './detector-weights.js';
+import { CELL_ANCHORS, checkDetectorTensors } from '../detector/weights.js';
 
 /** The reference's BatchNorm eps (torch BatchNorm2d / detectron2 FrozenBN). */
 export const REFERENCE_BN_EPS = 1e-5;

@@ -18,7 +18,8 @@ import { DetectorConfig, parseDetectorConfig, writeDetectorConfig } from '../det
 import { replaceDirAtomic } from '../util/atomic.js';
 import { caffeToDetector } from './caffe-detector.js';
 import { CaffeError } from './caffe.js';
-import { DetectorWeightsError, checkDetectorTensors, inferDetectorConfig } from './detector-weights.js';
+import { DetectorWeightsError, checkDetectorTensors } from '../detector/weights.js';
+import { inferDetectorConfig } from './detector-weights.js';
 import { TorchCheckpointError } from './torch-tensor.js';
 import { TorchSaveFormat, serializeTorchCheckpoint, stateDictFromHost } from './torch-writer.js';
 import { readJsonObject } from '../util/json.js';

@@ -1,17 +1,14 @@
 /**
- * The detector's weights as a state dict: the reference's parameter names and shapes for a given
- * config, a check of a tensor map against them, and the inference of a config from the shapes
- * of a state dict whose config file is missing.
+ * Recognising a detector state dict among checkpoints, and inferring its config from the tensor
+ * shapes when no config file comes with it (names, shapes and checks: src/detector/weights.ts).
  */
 import { HostTensor } from '../engine/host.js';
-import { BLOCKS_PER_STAGE, DetectorConfig, VG_CONFIG, detectorDims, parseDetectorConfig } from '../detector/config.js';
-
-export class DetectorWeightsError extends Error {}
+import { generateCellAnchors } from '../detector/boxes.js';
+import { BLOCKS_PER_STAGE, DetectorConfig, VG_CONFIG, parseDetectorConfig } from '../detector/config.js';
+import { CELL_ANCHORS, DetectorWeightsError } from '../detector/weights.js';
 
 /** The prefixes of every parameter of the reference detector. */
 export const DETECTOR_PREFIXES = ['backbone.', 'proposal_generator.', 'roi_heads.'] as const;
-
-export const CELL_ANCHORS = 'proposal_generator.anchor_generator.cell_anchors.0';
 
 /** True when a state dict's names are the detector's (and not UNITER's). */
 export function looksLikeDetector(names: Iterable<string>): boolean {
@@ -21,98 +18,6 @@ export function looksLikeDetector(names: Iterable<string>): boolean {
     any = true;
   }
   return any;
-}
-
-function addConvBn(out: Map<string, number[]>, prefix: string, cout: number, cin: number, k: number): void {
-  out.set(`${prefix}.weight`, [cout, cin, k, k]);
-  for (const p of ['weight', 'bias', 'running_mean', 'running_var']) out.set(`${prefix}.norm.${p}`, [cout]);
-}
-
-/** Every parameter name of the reference detector with its shape (num_batches_tracked excluded). */
-export function detectorTensorShapes(cfg: DetectorConfig): Map<string, number[]> {
-  const out = new Map<string, number[]>();
-  const r = cfg.resnets;
-  const d = detectorDims(cfg);
-  addConvBn(out, 'backbone.stem.conv1', r.stem_out_channels, 3, 7);
-  const blocks = BLOCKS_PER_STAGE[r.depth];
-  let cin = r.stem_out_channels;
-  for (let s = 0; s < 4; s++) {
-    const prefix = s < 3 ? `backbone.res${s + 2}` : 'roi_heads.res5';
-    const width = r.num_groups * r.width_per_group * 2 ** s;
-    const cout = r.res2_out_channels * 2 ** s;
-    for (let b = 0; b < blocks[s]; b++) {
-      const p = `${prefix}.${b}`;
-      const bin = b === 0 ? cin : cout;
-      addConvBn(out, `${p}.conv1`, width, bin, 1);
-      addConvBn(out, `${p}.conv2`, width, width, 3);
-      addConvBn(out, `${p}.conv3`, cout, width, 1);
-      if (b === 0) addConvBn(out, `${p}.shortcut`, cout, bin, 1);
-    }
-    cin = cout;
-  }
-  const h = cfg.proposal_generator.hidden_channels;
-  const a = d.anchors;
-  out.set(CELL_ANCHORS, [a, 4]);
-  out.set('proposal_generator.rpn_head.conv.weight', [h, d.res4, 3, 3]);
-  out.set('proposal_generator.rpn_head.conv.bias', [h]);
-  out.set('proposal_generator.rpn_head.objectness_logits.weight', [a, h, 1, 1]);
-  out.set('proposal_generator.rpn_head.objectness_logits.bias', [a]);
-  out.set('proposal_generator.rpn_head.anchor_deltas.weight', [4 * a, h, 1, 1]);
-  out.set('proposal_generator.rpn_head.anchor_deltas.bias', [4 * a]);
-  const k = cfg.roi_heads.num_classes;
-  const bp = 'roi_heads.box_predictor';
-  out.set(`${bp}.cls_score.weight`, [k + 1, d.res5]);
-  out.set(`${bp}.cls_score.bias`, [k + 1]);
-  out.set(`${bp}.bbox_pred.weight`, [4 * k, d.res5]);
-  out.set(`${bp}.bbox_pred.bias`, [4 * k]);
-  out.set(`${bp}.cls_embedding.weight`, [k + 1, d.clsEmbed]);
-  out.set(`${bp}.fc_attr.weight`, [d.attrHidden, d.res5 + d.clsEmbed]);
-  out.set(`${bp}.fc_attr.bias`, [d.attrHidden]);
-  out.set(`${bp}.attr_score.weight`, [cfg.roi_box_head.num_attrs + 1, d.attrHidden]);
-  out.set(`${bp}.attr_score.bias`, [cfg.roi_box_head.num_attrs + 1]);
-  return out;
-}
-
-/** Throw unless `t` is float32 with only finite values; names the tensor and the first bad index. */
-export function checkFinite(name: string, t: HostTensor, where: string): void {
-  if (t.dtype !== 'float32') throw new DetectorWeightsError(`${where}: tensor '${name}' is ${t.dtype}, expected float32`);
-  const d = t.data as Float32Array;
-  for (let i = 0; i < d.length; i++) {
-    if (!Number.isFinite(d[i])) throw new DetectorWeightsError(`${where}: tensor '${name}' has a non-finite value (${d[i]}) at flat index ${i}`);
-  }
-}
-
-/**
- * Check a state dict against the config: every expected name present with its shape and
- * finite float32 values. Names the reference does not have are returned (the caller decides).
- */
-export function checkDetectorTensors(cfg: DetectorConfig, tensors: Map<string, HostTensor>, where: string): { unexpected: string[] } {
-  const shapes = detectorTensorShapes(cfg);
-  const missing = [...shapes.keys()].filter((n) => !tensors.has(n));
-  if (missing.length) {
-    throw new DetectorWeightsError(`${where}: ${missing.length} detector tensor(s) missing: ${missing.slice(0, 8).join(', ')}${missing.length > 8 ? ', ...' : ''}`);
-  }
-  for (const [n, shape] of shapes) {
-    const t = tensors.get(n)!;
-    if (t.shape.length !== shape.length || t.shape.some((v, i) => v !== shape[i])) {
-      throw new DetectorWeightsError(`${where}: tensor '${n}' has shape [${t.shape.join(', ')}], the config needs [${shape.join(', ')}]`);
-    }
-    checkFinite(n, t, where);
-  }
-  return { unexpected: [...tensors.keys()].filter((n) => !shapes.has(n)) };
-}
-
-/** Reference-style cell anchors (sizes outer, ratios inner, centred on 0). */
-export function referenceCellAnchors(sizes: number[], ratios: number[]): Float32Array {
-  const out: number[] = [];
-  for (const s of sizes) {
-    for (const r of ratios) {
-      const w = Math.sqrt((s * s) / r);
-      const h = r * w;
-      out.push(-w / 2, -h / 2, w / 2, h / 2);
-    }
-  }
-  return Float32Array.from(out);
 }
 
 export interface InferredConfig {
@@ -215,7 +120,7 @@ export function fitReferenceAnchors(cell: Float32Array): { sizes: number[]; rati
   const ratios = ratio.slice(0, nr);
   const sizes: number[] = [];
   for (let i = 0; i < n; i += nr) sizes.push(size[i]);
-  const expect = referenceCellAnchors(sizes, ratios);
+  const expect = generateCellAnchors(sizes, ratios);
   for (let i = 0; i < cell.length; i++) if (Math.abs(expect[i] - cell[i]) > 1e-3 * Math.max(1, Math.abs(cell[i]))) return null;
   return { sizes, ratios };
 }

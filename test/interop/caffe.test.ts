@@ -6,7 +6,7 @@ import { PbReader, PbWriter, ProtobufError } from '../../src/engine/protobuf.js'
 import { DetectorConfig, VG_CONFIG, parseDetectorConfig } from '../../src/detector/config.js';
 import { CaffeError, parseCaffemodel, parsePrototxt, prototxtLayers } from '../../src/interop/caffe.js';
 import { caffeBlockName, caffeToDetector, pyFasterRcnnAnchors, resnetConvTarget } from '../../src/interop/caffe-detector.js';
-import { CELL_ANCHORS, detectorTensorShapes } from '../../src/interop/detector-weights.js';
+import { CELL_ANCHORS, detectorParamShapes as detectorTensorShapes } from '../../src/detector/weights.js';
 import { readTorchCheckpoint } from '../../src/interop/torch-checkpoint.js';
 import { detectorToCaffe, writeCaffemodel } from '../helpers/caffe-writer.js';
 

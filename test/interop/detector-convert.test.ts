@@ -8,7 +8,8 @@ import { command } from '../../src/cli/convert.js';
 import { HostTensor, f32 } from '../../src/engine/host.js';
 import { readSafetensors } from '../../src/engine/safetensors.js';
 import { DETECTOR_MODEL_TYPE, parseDetectorConfig, readDetectorConfig } from '../../src/detector/config.js';
-import { CELL_ANCHORS, fitReferenceAnchors, looksLikeDetector } from '../../src/interop/detector-weights.js';
+import { CELL_ANCHORS } from '../../src/detector/weights.js';
+import { fitReferenceAnchors, looksLikeDetector } from '../../src/interop/detector-weights.js';
 import { serializeTorchZip, stateDictFromHost } from '../../src/interop/torch-writer.js';
 import { detectorToCaffe, writeCaffemodel } from '../helpers/caffe-writer.js';
 
