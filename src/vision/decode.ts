@@ -40,6 +40,9 @@ export interface DecodeLimits {
 
 export const DEFAULT_DECODE_LIMITS: Readonly<DecodeLimits> = Object.freeze({ minSide: 10, maxSide: 20000, maxPixels: 100_000_000 });
 
+/** The decoder and its libraries' versions (JPEG pixels depend on them; extraction caches record it). */
+export const DECODER_VERSION = `sharp ${sharp.versions.sharp} (libvips ${sharp.versions.vips}, mozjpeg ${sharp.versions.mozjpeg ?? '?'}, libpng ${sharp.versions.png ?? '?'}, libwebp ${sharp.versions.webp ?? '?'})`;
+
 export const ACCEPTED_FORMATS = ['jpeg', 'png', 'webp'] as const;
 export type ImageFormat = (typeof ACCEPTED_FORMATS)[number];
 
