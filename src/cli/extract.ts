@@ -150,9 +150,11 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
 
   const quiet = a.boolean.quiet === true;
   let display: ProgressDisplay | null = null;
+  const onStart = (info: { total: number; already: number }) => {
+    if (!quiet && info.already < info.total) display = new ProgressDisplay({ total: info.total, startStep: info.already, stream: err, unit: 'images', lineIntervalMs: 10_000 });
+  };
   const onImage = (e: ExtractEvent) => {
     if (e.status === 'cached') return;
-    if (!display && !quiet) display = new ProgressDisplay({ total: e.total, startStep: e.index - 1, stream: err, unit: 'images', lineIntervalMs: 10_000 });
     if (e.status === 'failed') {
       const line = `${e.file}: ${e.reason}`;
       if (display) display.log(line);
@@ -185,6 +187,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
       overwrite: a.boolean.overwrite === true,
       signal,
       onImage,
+      onStart,
     });
   } catch (e) {
     if (e instanceof ExtractError) {

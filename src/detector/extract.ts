@@ -156,6 +156,8 @@ export interface ExtractOptions {
   /** Stop after the image in flight (the cache keeps what is done; no store is written). */
   signal?: AbortSignal;
   onImage?: (e: ExtractEvent) => void;
+  /** Called once before the first image is extracted: `already` images are accounted for (cached or refused up front). */
+  onStart?: (info: { total: number; already: number }) => void;
   /** Clock in ms (tests inject one). */
   now?: () => number;
 }
@@ -344,6 +346,7 @@ export async function extractRegions(opts: ExtractOptions): Promise<ExtractRepor
 
   let extracted = 0;
   let aborted = false;
+  opts.onStart?.({ total, already: index });
   const tExtract = now();
   // Decode the next image while the detector works on this one.
   let next: Promise<Decoded> | null = todo.length ? decodeSafe(todo[0].file, opts.limits) : null;

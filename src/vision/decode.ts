@@ -73,6 +73,19 @@ export interface DecodedImage extends RgbImage {
 /** Names sharp gives formats, as a user knows them. */
 const FORMAT_NAMES: Record<string, string> = { heif: 'HEIF/AVIF', jpeg: 'JPEG', png: 'PNG', webp: 'WebP', gif: 'GIF', tiff: 'TIFF', svg: 'SVG', jp2: 'JPEG 2000', jxl: 'JPEG XL', pdf: 'PDF', magick: 'ImageMagick-only format' };
 
+/** Formats told by their first bytes, for files whose header libvips cannot parse. */
+function sniffFormat(b: Uint8Array): string | null {
+  const ascii = (from: number, to: number) => String.fromCharCode(...b.subarray(from, to));
+  if (ascii(0, 4) === 'GIF8') return 'gif';
+  if (ascii(0, 4) === 'II*\0' || ascii(0, 4) === 'MM\0*') return 'tiff';
+  if (ascii(0, 2) === 'BM') return 'BMP';
+  if (ascii(4, 8) === 'ftyp') return 'heif';
+  if (b[0] === 0xff && b[1] === 0xd8) return 'jpeg';
+  if (b[0] === 0x89 && ascii(1, 4) === 'PNG') return 'png';
+  if (ascii(0, 4) === 'RIFF' && ascii(8, 12) === 'WEBP') return 'webp';
+  return null;
+}
+
 function firstLine(e: unknown): string {
   return String((e as Error)?.message ?? e).split('\n')[0].trim();
 }
@@ -102,6 +115,10 @@ export async function decodeImage(input: string | Uint8Array, opts: { name?: str
     meta = await sharp(bytes, { limitInputPixels: false }).metadata();
   } catch (e) {
     const msg = firstLine(e);
+    const sniffed = sniffFormat(bytes);
+    if (sniffed !== null && !(ACCEPTED_FORMATS as readonly string[]).includes(sniffed)) {
+      throw new ImageDecodeError(source, 'unsupported', `unsupported image format ${FORMAT_NAMES[sniffed] ?? sniffed} (accepted: JPEG, PNG, WebP)`);
+    }
     if (/unsupported image format/i.test(msg)) throw new ImageDecodeError(source, 'unsupported', 'not a JPEG, PNG or WebP image (format not recognised)');
     throw new ImageDecodeError(source, 'corrupt', `corrupt or truncated image header (${msg.replace(/^Input (buffer|file) has corrupt header: /, '')})`);
   }

@@ -174,6 +174,7 @@ test('refusals name the file and the reason', async () => {
   const garbage = Buffer.concat([good.subarray(0, 33), Buffer.alloc(200, 0x5a)]);
   await refuses(decodeImage(put('garbage.png', garbage)), 'corrupt', /garbage\.png: corrupt/);
   await refuses(decodeImage(put('a.gif', await sharp(good).gif().toBuffer())), 'unsupported', /a\.gif: unsupported image format GIF \(accepted: JPEG, PNG, WebP\)/);
+  await refuses(decodeImage(put('cut.gif', Buffer.from('GIF89a\x10\x00'))), 'unsupported', /cut\.gif: unsupported image format GIF/);
   await refuses(decodeImage(put('a.tif', await sharp(good).tiff().toBuffer())), 'unsupported', /unsupported image format TIFF/);
   await refuses(decodeImage(put('a.avif', await sharp(good).avif().toBuffer())), 'unsupported', /unsupported image format HEIF\/AVIF/);
   await refuses(decodeImage(put('one.png', encodePng({ width: 1, height: 1, channels: 3, data: [1, 2, 3] }))), 'too-small', /one\.png: image is 1 x 1 px; the shorter side must be at least 10 px/);
