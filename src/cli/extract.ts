@@ -7,7 +7,7 @@ import { parseArgs } from './args.js';
 import type { Command } from './main.js';
 
 /** Where the public detector weights come from and how to turn them into a detector folder. */
-export const WEIGHTS_HELP = `A detector folder holds config.json and the weights as .safetensors, converted from the public
+export const WEIGHTS_HELP = `A detector folder holds config.json and model.safetensors, converted from the public
 BUTD weights (none are downloaded by this tool):
   - the original Caffe model of the bottom-up-attention release (peteanderson80/bottom-up-attention):
     resnet101_faster_rcnn_final.caffemodel with models/vg/ResNet-101/faster_rcnn_end2end_final/test.prototxt
@@ -20,7 +20,7 @@ const USAGE = `extract --detector DIR (IMAGES... | --images-dir DIR) --out STORE
       their features as an img_db (UNITER's layout, as scripts/convert_imgdir.py writes it) into STORE.
       Image key = file name without extension + ".npz" (foo.jpg -> foo.npz), as txt_db records name it.
 
-  --detector DIR     detector folder (config.json + weights .safetensors; see below)
+  --detector DIR     detector folder (config.json + model.safetensors; see below)
   IMAGES...          image files, stored in the order given
   --images-dir DIR   every .jpg/.jpeg/.png/.webp (and other image extensions, reported if unsupported)
                      file in DIR, not recursive, sorted by name
@@ -88,7 +88,7 @@ function detectorFolderProblem(dir: string): string | null {
   if (!fs.statSync(dir).isDirectory()) return `--detector ${dir}: not a folder`;
   const names = fs.readdirSync(dir);
   if (!names.includes('config.json')) return `--detector ${dir}: no config.json in the folder`;
-  if (!names.some((n) => n.endsWith('.safetensors'))) return `--detector ${dir}: no weights (.safetensors) in the folder`;
+  if (!names.includes('model.safetensors')) return `--detector ${dir}: no weights (model.safetensors) in the folder`;
   return null;
 }
 

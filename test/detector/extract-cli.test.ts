@@ -31,12 +31,12 @@ function png(w: number, h: number, seed: number): Buffer {
   return encodePng({ width: w, height: h, channels: 3, data });
 }
 
-/** A detector folder as the command checks it (config.json + a .safetensors file). */
+/** A detector folder as the command checks it (config.json + model.safetensors). */
 function detectorDir(root: string, tag = 'a'): string {
   const d = path.join(root, `det-${tag}`);
   fs.mkdirSync(d, { recursive: true });
   fs.writeFileSync(path.join(d, 'config.json'), '{}');
-  fs.writeFileSync(path.join(d, 'weights.safetensors'), tag);
+  fs.writeFileSync(path.join(d, 'model.safetensors'), tag);
   return d;
 }
 
@@ -64,7 +64,7 @@ test('without --detector, or with a folder lacking weights, the command says whe
   fs.writeFileSync(path.join(empty, 'config.json'), '{}');
   const r = await run(['--detector', empty, '--out', path.join(dir, 's'), 'x.png']);
   assert.equal(r.code, 2);
-  assert.match(r.err, /--detector .*empty: no weights \(\.safetensors\) in the folder/);
+  assert.match(r.err, /--detector .*empty: no weights \(model\.safetensors\) in the folder/);
 });
 
 test('argument errors exit 2 naming the argument', async () => {

@@ -319,7 +319,8 @@ test('the tiny BUTD detector: extract reproduces the golden UNITER npz and nbb',
   const dir = tmp();
   const detDir = path.join(dir, 'detector');
   fs.mkdirSync(detDir);
-  for (const f of ['config.json', 'weights.safetensors']) fs.copyFileSync(path.join(FIXTURE, f), path.join(detDir, f));
+  fs.copyFileSync(path.join(FIXTURE, 'config.json'), path.join(detDir, 'config.json'));
+  fs.copyFileSync(path.join(FIXTURE, 'weights.safetensors'), path.join(detDir, 'model.safetensors'));
   const detector = await mod.Detector.fromPretrained(detDir, { threads: 1 });
   const images = ['img0', 'img1'].map((n) => path.join(FIXTURE, 'images', `${n}.png`));
   const npzDir = path.join(dir, 'npz');
