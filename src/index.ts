@@ -16,7 +16,9 @@ export type { ModelInput, RegionFeatures, TextImageInput, TextImagePairInput, Te
 
 // Region features from raw images: the BUTD Faster R-CNN
 export { Detector, regionsOf } from './detector/detector.js';
-export type { DetectorOptions, DetectorRunStats, ImageInput } from './detector/detector.js';
+export type { DetectorOptions, DetectorRunStats } from './detector/detector.js';
+export { decodeImage, toRgbImage, ImageDecodeError } from './vision/decode.js';
+export type { ImageInput } from './vision/decode.js';
 export type { BoxCountRule, Detection, Regions, RgbImage } from './detector/types.js';
 export { UNITER_BOX_RULE } from './detector/types.js';
 export { VG_CONFIG, parseDetectorConfig, readDetectorConfig } from './detector/config.js';

@@ -12,6 +12,7 @@ import { DetectorConfig, detectorDims } from './config.js';
 import { applyDeltas, gridAnchors, rpnProposals, selectDetections } from './boxes.js';
 import { FEATURE_STRIDE, buildBackbone, buildBoxHead } from './network.js';
 import { preprocess } from './preprocess.js';
+import { ImageInput, toRgbImage } from '../vision/decode.js';
 import { BoxCountRule, Detection, Regions, RgbImage, UNITER_BOX_RULE } from './types.js';
 import { CELL_ANCHORS, checkDetectorWeights, foldBatchNorms, readDetectorFolder } from './weights.js';
 
@@ -28,8 +29,6 @@ export interface TraceOptions {
   res5Rows?: number;
 }
 
-/** Something that yields decoded pixels: a decoded image, a file path or encoded bytes. */
-export type ImageInput = RgbImage | string | Uint8Array;
 
 type Stages = Map<string, HostTensor>;
 
@@ -123,7 +122,7 @@ export class Detector {
 
   /** What UNITER reads: the first nbb rows by its box-count rule, float16-rounded like a stored img_db. */
   async regions(input: ImageInput, rule: Partial<BoxCountRule> = {}): Promise<Regions> {
-    const image = await toRgb(input);
+    const image = await toRgbImage(input);
     const detection = await this.detect(image);
     return regionsOf(detection, rule);
   }
@@ -394,7 +393,3 @@ export function regionsOf(detection: Detection, rule: Partial<BoxCountRule> = {}
   };
 }
 
-async function toRgb(input: ImageInput): Promise<RgbImage> {
-  if (typeof input === 'object' && input !== null && 'data' in input && 'width' in input && 'height' in input) return input;
-  throw new Error('TEMP: decoding not wired yet');
-}

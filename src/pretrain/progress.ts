@@ -29,6 +29,8 @@ export interface ProgressOptions {
   redrawIntervalMs?: number;
   /** Clock in ms (tests inject one). */
   now?: () => number;
+  /** What is counted, when not optimizer steps: the line reads "<unit> N/M" and shows "<x> <unit>/s". */
+  unit?: string;
 }
 
 export interface ProgressUpdate {
@@ -116,12 +118,14 @@ export class ProgressDisplay {
     const total = this.options.total;
     const step = u?.step ?? this.options.startStep ?? 0;
     const pct = ((100 * step) / total).toFixed(1).padStart(5);
-    const parts = [`step ${String(step).padStart(String(total).length)}/${total} ${pct}%`];
+    const unit = this.options.unit;
+    const parts = [`${unit ?? 'step'} ${String(step).padStart(String(total).length)}/${total} ${pct}%`];
     if (u?.task) parts.push(u.task);
     if (u?.loss !== undefined) parts.push(`loss ${formatLoss(u.loss)}`);
     if (u?.lr !== undefined) parts.push(`lr ${u.lr.toExponential(2)}`);
     const r = this.rates();
     if (r && this.totalTokens > 0) parts.push(`${formatCount(r.tokensPerSecond)} tok/s`);
+    if (r && unit !== undefined) parts.push(`${formatRate(1 / r.secondsPerStep)} ${unit}/s`);
     if (r) parts.push(`ETA ${formatDuration(Math.max(0, total - step) * r.secondsPerStep)}`);
     let text = parts.join(' | ');
     if (this.tty && Number.isFinite(width)) {
@@ -156,6 +160,11 @@ export function formatCount(x: number): string {
   if (x >= 1e6) return `${(x / 1e6).toFixed(2)}M`;
   if (x >= 1e3) return `${(x / 1e3).toFixed(1)}k`;
   return x.toFixed(0);
+}
+
+/** 0.123 -> "0.12", 4.56 -> "4.56", 123.4 -> "123", 12345 -> "12.3k". */
+export function formatRate(x: number): string {
+  return x >= 100 ? formatCount(x) : x.toFixed(2);
 }
 
 /** Seconds as "42s", "3m05s", "2h07m", "3d04h". */
