@@ -49,6 +49,18 @@ def load_reference(ref_dir=None, check_sha=True):
     for m in STUBBED:
         with open(os.path.join(stub_dir, m + ".py"), "w") as f:
             f.write("# import-only stub (never used on the tensor-input path)\n")
+            if m == "filelock":
+                f.write("class FileLock:\n    def __init__(self, *a, **k):\n        raise RuntimeError('filelock stub')\n")
+    # tqdm is imported by utils.py (download progress bars, never used here); stub it only when absent
+    try:
+        import tqdm.auto  # noqa: F401
+    except ImportError:
+        os.makedirs(os.path.join(stub_dir, "tqdm"))
+        with open(os.path.join(stub_dir, "tqdm", "__init__.py"), "w") as f:
+            f.write("# import-only stub\n")
+        with open(os.path.join(stub_dir, "tqdm", "auto.py"), "w") as f:
+            f.write("# import-only stub\ndef tqdm(*a, **k):\n    raise RuntimeError('tqdm stub')\n")
+        STUBBED.append("tqdm")
     sys.path.insert(0, stub_dir)
     sys.path.insert(0, ref_dir)
     import modeling_frcnn  # noqa: E402
@@ -98,7 +110,7 @@ def write_safetensors(path, tensors, metadata=None):
     items = sorted(tensors.items(), key=lambda kv: (-np.asarray(kv[1]).dtype.itemsize, kv[0]))
     header, blobs, off = {}, [], 0
     for name, arr in items:
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr, order="C")
         dt = _DT_REV[arr.dtype]
         raw = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [off, off + len(raw)]}
@@ -128,7 +140,7 @@ def load_state_dict_into(model, tensors):
     new = {}
     for k, v in sd.items():
         if k in tensors:
-            t = torch.from_numpy(np.ascontiguousarray(tensors[k])).to(v.dtype)
+            t = torch.from_numpy(np.asarray(tensors[k], order="C")).to(v.dtype)
             if tuple(t.shape) != tuple(v.shape):
                 raise RuntimeError(f"{k}: shape {tuple(t.shape)} != {tuple(v.shape)}")
             new[k] = t
