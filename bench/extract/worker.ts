@@ -6,23 +6,11 @@
  *   quit
  *
  *   node dist/bench/extract/worker.js --detector DIR --inputs FILE.safetensors [--threads 2]
- *
- * MERGE NOTE: src/detector/detector.ts (the `Detector` class) is being written on another branch.
- * Until it is merged this worker imports it dynamically and types it with the local `DetectorApi`
- * interface below, so this file compiles on either side of the merge; once merged, replace both
- * with `import { Detector } from '../../src/detector/detector.js'`.
  */
 import * as fs from 'node:fs';
 import * as readline from 'node:readline';
+import { Detector } from '../../src/detector/detector.js';
 import { readImages } from './images.js';
-
-/** The API this bench uses (src/detector/detector.ts). */
-interface DetectorApi {
-  detect(image: { width: number; height: number; data: Uint8Array }): Promise<{ numBoxes: number }>;
-}
-interface DetectorClass {
-  fromPretrained(dir: string, opts: { threads: number }): Promise<DetectorApi>;
-}
 
 function say(o: Record<string, unknown>): void {
   process.stdout.write(JSON.stringify(o) + '\n');
@@ -45,9 +33,7 @@ async function main(): Promise<void> {
   const images = readImages(arg('inputs'));
   const threads = Number(arg('threads', '2'));
   const t0 = performance.now();
-  const spec = '../../src/detector/detector.js'; // a variable: see MERGE NOTE
-  const mod = (await import(spec)) as { Detector: DetectorClass };
-  const det = await mod.Detector.fromPretrained(dir, { threads });
+  const det = await Detector.fromPretrained(dir, { threads });
   say({ ready: true, side: 'ours', threads, images: [...images.keys()], init_s: (performance.now() - t0) / 1000, rss_bytes: statusBytes('VmRSS') });
   const lines = readline.createInterface({ input: process.stdin });
   for await (const line of lines) {
@@ -66,7 +52,7 @@ async function main(): Promise<void> {
       const start = performance.now();
       const d = await det.detect(img);
       const used = process.cpuUsage(cpu);
-      say({ seconds: (performance.now() - start) / 1000, cpu_seconds: (used.user + used.system) / 1e6, num_boxes: d.numBoxes });
+      say({ seconds: (performance.now() - start) / 1000, cpu_seconds: (used.user + used.system) / 1e6, num_boxes: d.numBoxes, stages: det.lastRun });
     } catch (e) {
       say({ error: (e as Error).message });
     }
