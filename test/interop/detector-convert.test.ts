@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { command } from '../../src/cli/convert.js';
+import { runCommand } from '../helpers/cli.js';
 import { HostTensor, f32 } from '../../src/engine/host.js';
 import { readSafetensors } from '../../src/engine/safetensors.js';
 import { DETECTOR_MODEL_TYPE, parseDetectorConfig, readDetectorConfig } from '../../src/detector/config.js';
@@ -22,20 +23,7 @@ after(() => fs.rmSync(TMP, { recursive: true, force: true }));
 /** weights.safetensors of the golden set: the reference's state_dict, minus the BN counters. */
 const golden = new Map([...readSafetensors(path.join(FIXTURE, 'weights.safetensors')).tensors].filter(([n]) => !n.endsWith('num_batches_tracked')));
 
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const { log, error } = console;
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  try {
-    const code = await command.run(args);
-    return { code: code ?? 0, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+const runCli = (args: string[]) => runCommand(command, args);
 
 function assertBitwise(got: Map<string, HostTensor>, want: Map<string, HostTensor>, skip: (n: string) => boolean = () => false): void {
   assert.deepEqual([...got.keys()].sort(), [...want.keys()].sort());
