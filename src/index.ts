@@ -14,6 +14,12 @@ export type { ScoringTask, TaskRequest } from './api/tasks.js';
 export { collateInputs, textIds } from './api/inputs.js';
 export type { ModelInput, RegionFeatures, TextImageInput, TextImagePairInput, TextInput } from './api/inputs.js';
 
+// Pipelines (raw inputs -> plain answers) and alignment as data
+export { pipeline, PIPELINE_TASKS, InputError, readId2Label, boxFeaturesToRegions } from './api/pipeline.js';
+export type { Pipeline, PipelineTask, PipelineOptions, PipelineInputs, PipelineOutputs, ImageLike, BoxFeatures, ResolvedImage, AlignmentResult, ScoredLabel } from './api/pipeline.js';
+export { Aligner, groupWords } from './api/alignment.js';
+export type { Alignment, AlignedWord, AlignmentOptions } from './api/alignment.js';
+
 // ONNX export
 export { exportOnnx, exportModel, verifyExport, sidecarPath, BATCH_INPUTS } from './export/export.js';
 export type { ExportOnnxOptions, ExportOptions, ExportResult, IoSpec, VerifyReport } from './export/export.js';

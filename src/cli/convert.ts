@@ -6,11 +6,12 @@ import { TorchCheckpointError } from '../interop/torch-tensor.js';
 import { parseArgs } from './args.js';
 import type { Command } from './main.js';
 
-const USAGE = `convert IN.pt OUT_DIR [--config model.json]
+const USAGE = `convert IN.pt OUT_DIR [--config model.json] [--ans2label ans2label.json]
       PyTorch checkpoint (torch.save zip, legacy or pre-1.0 tar format; .pt/.pth/.bin) -> OUT_DIR/config.json +
       OUT_DIR/model.safetensors: official names, float32, tied weights stored once. Without
       --config the config is inferred from tensor shapes; with it, the file's fields win and are
-      checked against the shapes.
+      checked against the shapes. --ans2label (the official VQA answer vocabulary) writes the
+      answer names into config.json as id2label.
   uniter convert --to-torch-safetensors IN_DIR OUT.safetensors
       model folder -> safetensors with every official name (tied weights copied), for PyTorch's
       safetensors.torch.load_file + load_state_dict.
@@ -20,7 +21,7 @@ const USAGE = `convert IN.pt OUT_DIR [--config model.json]
 function usageProblem(paths: number, toSafetensors: boolean, toTorch: boolean, legacy: boolean, hasConfig: boolean): string | null {
   if (paths !== 2) return `expected 2 paths, got ${paths}`;
   if (toSafetensors && toTorch) return 'choose one of --to-torch-safetensors and --to-torch';
-  if (hasConfig && (toSafetensors || toTorch)) return '--config only applies to a PyTorch -> model folder conversion';
+  if (hasConfig && (toSafetensors || toTorch)) return '--config and --ans2label only apply to a PyTorch -> model folder conversion';
   if (legacy && !toTorch) return '--legacy-format only applies to --to-torch';
   return null;
 }
@@ -31,7 +32,7 @@ export const command: Command = {
   async run(argv: string[]): Promise<number> {
     let parsed;
     try {
-      parsed = parseArgs(argv, { string: ['config'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format'] }, USAGE);
+      parsed = parseArgs(argv, { string: ['config', 'ans2label'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format'] }, USAGE);
     } catch (e) {
       console.error(`uniter convert: ${(e as Error).message}`);
       return 2;
@@ -40,7 +41,8 @@ export const command: Command = {
     const toTorch = parsed.boolean['to-torch'] === true;
     const legacy = parsed.boolean['legacy-format'] === true;
     const configFile = parsed.string.config;
-    const problem = usageProblem(parsed.positional.length, toSafetensors, toTorch, legacy, configFile !== undefined);
+    const ans2label = parsed.string.ans2label;
+    const problem = usageProblem(parsed.positional.length, toSafetensors, toTorch, legacy, configFile !== undefined || ans2label !== undefined);
     if (problem) {
       console.error(`uniter convert: ${problem}\nusage: uniter ${USAGE}`);
       return 2;
@@ -54,7 +56,7 @@ export const command: Command = {
         const r = exportTorchCheckpoint(input, output, legacy ? 'legacy' : 'zip');
         console.log(`wrote ${r.file}: ${r.tensorCount} tensors, torch.save ${legacy ? 'legacy' : 'zip'} format${r.expanded.length ? ` (tied weights share storage: ${r.expanded.join(', ')})` : ''}`);
       } else {
-        console.log(formatConvertReport(convertTorchCheckpoint(input, output, { configFile })));
+        console.log(formatConvertReport(convertTorchCheckpoint(input, output, { configFile, ans2label })));
       }
       return 0;
     } catch (e) {
