@@ -18,6 +18,7 @@ async function loadCommands(): Promise<Command[]> {
     () => import('./pretrain.js'),
     () => import('./export-onnx.js'),
     () => import('./ablate.js'),
+    () => import('./serve.js'),
   ];
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }
