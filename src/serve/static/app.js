@@ -114,7 +114,10 @@ function drawRegions(boxes, labels) {
   const svg = $('regions');
   svg.innerHTML = '';
   const W = svg.clientWidth, H = svg.clientHeight;
-  boxes.forEach((b, k) => {
+  // Large regions first, so that small ones stay on top and clickable.
+  const order = boxes.map((b, k) => k).sort((i, j) => area(boxes[j]) - area(boxes[i]));
+  for (const k of order) {
+    const b = boxes[k];
     const r = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
     r.setAttribute('x', b[0] * W); r.setAttribute('y', b[1] * H);
     r.setAttribute('width', Math.max(1, (b[2] - b[0]) * W)); r.setAttribute('height', Math.max(1, (b[3] - b[1]) * H));
@@ -129,7 +132,11 @@ function drawRegions(boxes, labels) {
     t.setAttribute('x', b[0] * W + 3); t.setAttribute('y', b[1] * H + 13);
     t.textContent = `${k} ${labels[k]}`;
     svg.appendChild(t);
-  });
+  }
+}
+
+function area(b) {
+  return (b[2] - b[0]) * (b[3] - b[1]);
 }
 
 /** Mass of each region for a word: its tokens' rows of the plan, or of one layer's attention. */
@@ -158,10 +165,11 @@ function shade(word) {
   }
   const mass = regionMass(state.alignment.words[word]);
   const max = Math.max(...mass, 1e-12);
-  rects.forEach((r, k) => {
+  for (const r of rects) {
+    const k = Number(r.dataset.region);
     r.dataset.mass = String(mass[k]);
     r.style.fillOpacity = String(0.75 * (mass[k] / max));
-  });
+  }
 }
 
 function pickRegion(k) {
