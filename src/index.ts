@@ -23,6 +23,11 @@ export type { BoxCountRule, Detection, Regions, RgbImage } from './detector/type
 export { UNITER_BOX_RULE } from './detector/types.js';
 export { VG_CONFIG, parseDetectorConfig, readDetectorConfig } from './detector/config.js';
 export type { DetectorConfig } from './detector/config.js';
+// Pipelines (raw inputs -> plain answers) and alignment as data
+export { pipeline, PIPELINE_TASKS, InputError, readId2Label, boxFeaturesToRegions } from './api/pipeline.js';
+export type { Pipeline, PipelineTask, PipelineOptions, PipelineInputs, PipelineOutputs, ImageLike, BoxFeatures, ResolvedImage, AlignmentResult, ScoredLabel } from './api/pipeline.js';
+export { Aligner, groupWords } from './api/alignment.js';
+export type { Alignment, AlignedWord, AlignmentOptions } from './api/alignment.js';
 
 // ONNX export
 export { exportOnnx, exportModel, verifyExport, sidecarPath, BATCH_INPUTS } from './export/export.js';

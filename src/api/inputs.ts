@@ -52,7 +52,7 @@ export function textIds(text: TextInput, tokenizer: BertTokenizer, cfg: UniterCo
   return out;
 }
 
-function checkRegions(image: RegionFeatures | undefined, cfg: UniterConfig, where: string): RegionFeatures {
+export function checkRegions(image: RegionFeatures | undefined, cfg: UniterConfig, where: string): RegionFeatures {
   if (!image || typeof image !== 'object') throw new Error(`${where}: missing (expected {nbb, features, normBb})`);
   const { nbb, features, normBb } = image;
   if (!Number.isInteger(nbb) || nbb < 0) throw new Error(`${where}: field 'nbb' must be a region count, got ${JSON.stringify(nbb)}`);
@@ -65,7 +65,8 @@ function checkRegions(image: RegionFeatures | undefined, cfg: UniterConfig, wher
   return image;
 }
 
-function row(ids: number[], images: readonly RegionFeatures[], types?: readonly number[]): SeqRow {
+/** One encoder row (text ids with [CLS]/[SEP], the images' regions concatenated). */
+export function inputRow(ids: number[], images: readonly RegionFeatures[], types?: readonly number[]): SeqRow {
   const nbb = images.reduce((s, im) => s + im.nbb, 0);
   const imgFeat = new Float32Array(images.reduce((s, im) => s + im.features.length, 0));
   const imgPosFeat = new Float32Array(nbb * 7);
@@ -99,10 +100,10 @@ export function collateInputs(task: ScoringTask, inputs: readonly ModelInput[], 
       const images = (input as TextImagePairInput).images;
       if (!Array.isArray(images) || images.length !== 2) throw new Error(`${where}: task ${task} needs field 'images' with 2 images (left, right)`);
       const [left, right] = images.map((im, k) => checkRegions(im, cfg, `${where}: images[${k}]`));
-      if (task === 'nlvr2_triplet') rows.push(row(ids, [left, right], [LEFT_IMAGE_TYPE, RIGHT_IMAGE_TYPE]));
-      else rows.push(row(ids, [left], [LEFT_IMAGE_TYPE]), row(ids, [right], [RIGHT_IMAGE_TYPE]));
+      if (task === 'nlvr2_triplet') rows.push(inputRow(ids, [left, right], [LEFT_IMAGE_TYPE, RIGHT_IMAGE_TYPE]));
+      else rows.push(inputRow(ids, [left], [LEFT_IMAGE_TYPE]), inputRow(ids, [right], [RIGHT_IMAGE_TYPE]));
     } else {
-      rows.push(row(ids, [checkRegions((input as TextImageInput).image, cfg, `${where}: image`)]));
+      rows.push(inputRow(ids, [checkRegions((input as TextImageInput).image, cfg, `${where}: image`)]));
     }
   });
   if (task === 're_mlp1' || task === 're_mlp2') return reCollate(rows);

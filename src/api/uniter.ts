@@ -11,7 +11,8 @@ import type { UniterConfig } from '../model/config.js';
 import type { LoadReport } from '../model/load.js';
 import { UniterRunner } from '../model/runner.js';
 import { ExportOptions, ExportResult, exportModel } from '../export/export.js';
-import { ModelInput, collateInputs } from './inputs.js';
+import { ModelInput, TextImageInput, collateInputs } from './inputs.js';
+import { Aligner, Alignment } from './alignment.js';
 import { LoadPretrainedOptions, PretrainedModel, loadPretrained } from './pretrained.js';
 import { SCORE_OUTPUT, ScoringTask } from './tasks.js';
 
@@ -41,11 +42,12 @@ function argmax(xs: readonly number[]): number {
 
 export class Uniter {
   private readonly runner: UniterRunner;
+  private aligner: Aligner | null = null;
 
   private constructor(
     private readonly model: PretrainedModel,
     readonly tokenizer: BertTokenizer,
-    threads?: number,
+    private readonly threads?: number,
   ) {
     this.runner = new UniterRunner(model.config, model.params, threads);
   }
@@ -136,6 +138,16 @@ export class Uniter {
     if (this.task === 're_mlp1' || this.task === 're_mlp2') return (await this.refexp(batch)).map(argmax);
     this.expect(CLASSIFIERS.filter((t) => t !== 'vcr'), 'predict');
     return (await this.answer(batch)).map(argmax);
+  }
+
+  /**
+   * Word-region alignment of each (text, image) pair: the WRA transport plan over the last
+   * layer's states and every layer's and head's token-region attention (any task's model: only
+   * the encoder is read).
+   */
+  async align(inputs: readonly TextImageInput[]): Promise<Alignment[]> {
+    this.aligner ??= new Aligner(this.config, this.model.params, this.tokenizer, this.threads);
+    return this.aligner.align(inputs);
   }
 
   /** Write this model's scoring graph as a standalone ONNX file (see exportOnnx for the options). */

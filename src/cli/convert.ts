@@ -19,11 +19,12 @@ import { TorchCheckpointError } from '../interop/torch-tensor.js';
 import { parseArgs } from './args.js';
 import type { Command } from './main.js';
 
-const USAGE = `convert IN.pt OUT_DIR [--config model.json]
+const USAGE = `convert IN.pt OUT_DIR [--config model.json] [--ans2label ans2label.json]
       PyTorch checkpoint (torch.save zip, legacy or pre-1.0 tar format; .pt/.pth/.bin) -> OUT_DIR/config.json +
       OUT_DIR/model.safetensors: official names, float32, tied weights stored once. Without
       --config the config is inferred from tensor shapes; with it, the file's fields win and are
-      checked against the shapes.
+      checked against the shapes. --ans2label (the official VQA answer vocabulary) writes the
+      answer names into config.json as id2label.
       A region detector's state dict (names under backbone. / proposal_generator. / roi_heads.,
       the BUTD Faster R-CNN port) becomes a detector folder instead; its --config is the
       reference's config as JSON (without it: inferred from the shapes on top of the VG config).
@@ -41,7 +42,7 @@ function usageProblem(paths: number, toSafetensors: boolean, toTorch: boolean, l
   if (paths !== 2) return `expected 2 paths, got ${paths}`;
   if ((hasPrototxt || overwrite) && (toSafetensors || toTorch)) return '--prototxt and --overwrite only apply to conversions into a detector folder';
   if (toSafetensors && toTorch) return 'choose one of --to-torch-safetensors and --to-torch';
-  if (hasConfig && (toSafetensors || toTorch)) return '--config only applies to a PyTorch -> model folder conversion';
+  if (hasConfig && (toSafetensors || toTorch)) return '--config and --ans2label only apply to a PyTorch -> model folder conversion';
   if (legacy && !toTorch) return '--legacy-format only applies to --to-torch';
   return null;
 }
@@ -52,7 +53,7 @@ export const command: Command = {
   async run(argv: string[]): Promise<number> {
     let parsed;
     try {
-      parsed = parseArgs(argv, { string: ['config', 'prototxt'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format', 'overwrite'] }, USAGE);
+      parsed = parseArgs(argv, { string: ['config', 'prototxt', 'ans2label'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format', 'overwrite'] }, USAGE);
     } catch (e) {
       console.error(`uniter convert: ${(e as Error).message}`);
       return 2;
@@ -63,7 +64,8 @@ export const command: Command = {
     const configFile = parsed.string.config;
     const prototxt = parsed.string.prototxt;
     const overwrite = parsed.boolean.overwrite === true;
-    const problem = usageProblem(parsed.positional.length, toSafetensors, toTorch, legacy, configFile !== undefined, prototxt !== undefined, overwrite);
+    const ans2label = parsed.string.ans2label;
+    const problem = usageProblem(parsed.positional.length, toSafetensors, toTorch, legacy, configFile !== undefined || ans2label !== undefined, prototxt !== undefined, overwrite);
     if (problem) {
       console.error(`uniter convert: ${problem}\nusage: uniter ${USAGE}`);
       return 2;
@@ -93,13 +95,17 @@ export const command: Command = {
         }
         const ckpt = readTorchCheckpoint(input);
         if (looksLikeDetector(ckpt.tensors.keys())) {
+          if (ans2label !== undefined) {
+            console.error('uniter convert: --ans2label only applies to a UNITER checkpoint (this one is a region detector)');
+            return 2;
+          }
           console.log(formatDetectorReport(convertDetectorTorch(ckpt, output, { configFile, overwrite })));
         } else {
           if (overwrite) {
             console.error('uniter convert: --overwrite only applies to detector folders (a UNITER conversion writes its two files in place)');
             return 2;
           }
-          console.log(formatConvertReport(convertTorchCheckpoint(input, output, { configFile, checkpoint: ckpt })));
+          console.log(formatConvertReport(convertTorchCheckpoint(input, output, { configFile, ans2label, checkpoint: ckpt })));
         }
       }
       return 0;

@@ -19,6 +19,7 @@ async function loadCommands(): Promise<Command[]> {
     () => import('./export-onnx.js'),
     () => import('./ablate.js'),
     () => import('./extract.js'),
+    () => import('./serve.js'),
   ];
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }

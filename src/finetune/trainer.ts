@@ -89,6 +89,8 @@ export interface FinetuneJob {
   /** Replaces the default micro-step (next batch -> forward/backward), e.g. for hard-negative mining. */
   microStep?(runner: UniterRunner, dropout: DropoutSeed): Promise<MicroStep>;
   evaluate(runner: UniterRunner, opts: EvaluateOptions): Promise<Evaluation>;
+  /** Names of the answer head's rows (VQA answers, VE classes): written to OUT/best/config.json as id2label. */
+  labels?: readonly string[];
 }
 
 export interface StepInfo {
@@ -265,7 +267,7 @@ export async function finetune(opts: FinetuneOptions): Promise<FinetuneResult> {
     if (value === undefined) throw new Error(`task ${job.name}: evaluation gave no 'val' metric '${job.selectMetric}' to choose the best model by`);
     if (best === null || value > best.value) {
       best = { step, metric: job.selectMetric, value, metrics: ev.metrics };
-      saveModelFolder(bestDir, { ...cfg }, values, shapes, { ties: TIES });
+      saveModelFolder(bestDir, { ...cfg, ...(job.labels ? { id2label: Object.fromEntries(job.labels.map((l, i) => [String(i), l])) } : {}) }, values, shapes, { ties: TIES });
       writeFileAtomic(path.join(outDir, BEST_INFO_FILE), JSON.stringify(best, null, 1) + '\n');
       progress.log(`best model so far (val ${job.selectMetric} ${value.toFixed(4)} at step ${step}) -> ${bestDir}`);
     }

@@ -37,6 +37,7 @@ export const veTask: TaskDefinition = {
     const train = parts.length === 1 ? parts[0] : new ConcatDataset('ve', parts);
     return {
       name: 've',
+      labels: VE_LABELS,
       graphTask: 've',
       graphOptions: { numAnswers: VE_LABELS.length },
       isHeadParam: (n) => n.startsWith('vqa_output.'),

@@ -100,6 +100,7 @@ export const vqaTask: TaskDefinition = {
     const train = parts.length === 1 ? parts[0] : new ConcatDataset('vqa', parts);
     return {
       name: 'vqa',
+      labels: answers,
       graphTask: 'vqa',
       graphOptions: { numAnswers },
       isHeadParam: (n) => n.startsWith('vqa_output.'),

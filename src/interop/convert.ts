@@ -23,6 +23,7 @@ import { inferDetectorConfig } from './detector-weights.js';
 import { TorchCheckpointError } from './torch-tensor.js';
 import { TorchSaveFormat, serializeTorchCheckpoint, stateDictFromHost } from './torch-writer.js';
 import { readJsonObject } from '../util/json.js';
+import { readAns2Label } from '../finetune/tasks.js';
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
@@ -42,7 +43,12 @@ export interface ConvertReport extends OfficialWeights {
 }
 
 /** PyTorch checkpoint -> OUT_DIR/config.json + OUT_DIR/model.safetensors (each written atomically). */
-export function convertTorchCheckpoint(input: string, outDir: string, opts: { configFile?: string; checkpoint?: TorchCheckpoint } = {}): ConvertReport {
+/**
+ * PyTorch checkpoint -> model folder. With `ans2label` (the official VQA answer vocabulary
+ * {answer: row}), config.json also names the answer head's rows (`id2label`), so pipelines answer
+ * in words; its size must match the head.
+ */
+export function convertTorchCheckpoint(input: string, outDir: string, opts: { configFile?: string; ans2label?: string; checkpoint?: TorchCheckpoint } = {}): ConvertReport {
   const ckpt = opts.checkpoint ?? readTorchCheckpoint(input);
   const official = toOfficialWeights(ckpt);
   const given = opts.configFile ? { source: opts.configFile, json: readJsonObject(opts.configFile, 'config', (m) => new TorchCheckpointError(m)) } : undefined;
@@ -54,7 +60,16 @@ export function convertTorchCheckpoint(input: string, outDir: string, opts: { co
     tied: JSON.stringify(official.tied),
     source: path.basename(input),
   });
-  writeFileAtomic(configFile, `${JSON.stringify(config, null, 2)}\n`);
+  let id2label: Record<string, string> | undefined;
+  if (opts.ans2label) {
+    const a2l = readAns2Label(opts.ans2label);
+    const head = official.tensors.get('vqa_output.3.weight');
+    if (!head) throw new TorchCheckpointError(`${opts.ans2label}: an answer vocabulary was given, but ${input} holds no VQA head (vqa_output.3.weight)`);
+    const n = Object.keys(a2l).length;
+    if (n !== head.shape[0]) throw new TorchCheckpointError(`${opts.ans2label} names ${n} answers, the VQA head of ${input} has ${head.shape[0]}`);
+    id2label = Object.fromEntries(Object.entries(a2l).map(([a, l]) => [String(l), a]).sort((x, y) => Number(x[0]) - Number(y[0])));
+  }
+  writeFileAtomic(configFile, `${JSON.stringify(id2label ? { ...config, id2label } : config, null, 2)}\n`);
   return {
     ...official,
     input,

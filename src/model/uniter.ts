@@ -92,6 +92,12 @@ export interface ForwardOptions {
   gradients?: boolean;
   /** Capture intermediate tensors (embeddings, each layer) for parity checks. */
   capture?: Map<string, Tensor>;
+  /**
+   * Collects each layer's attention probabilities [B, heads, Lj, Lj] (before dropout), in layer
+   * order: inference graphs that show what the model attended to ask for them; training graphs
+   * leave this unset and are unchanged.
+   */
+  attentions?: Tensor[];
 }
 
 /** Graph inputs of one UNITER forward pass (official batch names). */
@@ -182,7 +188,9 @@ function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, 
     v = split(dense(P, `${prefix}.self.value`, x));
   }
   const scores = add(div(matmul(q, transposeLast2(k)), Math.sqrt(dh)), maskAdd);
-  const probs = dropout(softmax(scores, -1), cfg.attention_probs_dropout_prob, opts.training);
+  const attention = softmax(scores, -1);
+  opts.attentions?.push(attention);
+  const probs = dropout(attention, cfg.attention_probs_dropout_prob, opts.training);
   const ctx = reshape(transpose(matmul(probs, v), [0, 2, 1, 3]), [B, T, cfg.hidden_size]);
   const out = dropout(dense(P, `${prefix}.output.dense`, ctx), cfg.hidden_dropout_prob, opts.training);
   return ln(P, `${prefix}.output.LayerNorm`, add(out, x));

@@ -9,6 +9,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { runEvaluate } from '../../src/cli/evaluate.js';
 import { runFinetune } from '../../src/cli/finetune.js';
+import { pipeline } from '../../src/api/pipeline.js';
 import { VE_LABELS } from '../../src/data/world/concepts.js';
 import { makeSandbox, readJsonl, silent, type Sandbox } from './fixtures.js';
 
@@ -56,6 +57,14 @@ test('vqa: fine-tune, evaluate, results [{question_id, answer}] with answers fro
     assert.ok(answers.has(r.answer as string), `answer ${String(r.answer)} is in ans2label`);
   }
   assert.deepEqual(new Set(results.map((r) => String(r.question_id))), new Set(idsOf('vqa_world_val')));
+  // The best model names its answers (config.json id2label), so a pipeline answers in words.
+  const id2label = JSON.parse(fs.readFileSync(path.join(out, 'best', 'config.json'), 'utf8')).id2label as Record<string, string>;
+  for (const [a, l] of Object.entries(box.world.ans2label)) assert.equal(id2label[String(l)], a);
+  const vqa = await pipeline('vqa', path.join(out, 'best'), { threads: 1, images: box.world.images });
+  const q = box.world.textDb('vqa_world_val').get(idsOf('vqa_world_val')[0]);
+  const { answers: top } = await vqa({ text: q.input_ids, image: q.img_fname as string });
+  assert.equal(top.length, 5);
+  for (const a of top) assert.ok(answers.has(a.label), `pipeline answer ${a.label} is in ans2label`);
   const test = await runEvaluate(['vqa', '--checkpoint', path.join(out, 'best'), '--data', box.worldDir, '--split', 'test', '--out', path.join(box.dir, 'eval-vqa-test'), '--quiet'], silent);
   assert.equal(test.evaluation.examples?.test, idsOf('vqa_world_test').length);
   assert.ok(test.evaluation.metrics.test.score >= 0);

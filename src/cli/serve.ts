@@ -1,0 +1,95 @@
+/**
+ * `uniter serve`: the HTTP API and the web page (src/serve/). Without --model it serves what the
+ * main job (`uniter pretrain`, embedded default) trained, with the synthetic world's held-out
+ * images as the gallery, so the demo needs nothing but that run.
+ */
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { ImgDb } from '../data/imgdb.js';
+import { generateWorld } from '../data/world.js';
+import { embeddedRecipe } from '../pretrain/run.js';
+import { Gallery, storeGallery, worldGallery } from '../serve/gallery.js';
+import { startServer } from '../serve/server.js';
+import { parseArgs } from './args.js';
+import type { Command } from './main.js';
+
+/** Where `uniter pretrain` (no config, no --out) leaves its final model folder. */
+export const DEFAULT_MODEL_DIR = path.join('runs', 'pretrain-default', 'model');
+
+const USAGE = `serve [--model DIR] [--detector DIR] [--port 8080] [--host 127.0.0.1] [--world] [--img-db DIR]
+             [--workers N] [--threads N] [--queue N]
+      JSON API (POST /api/itm, /api/vqa, /api/ve, /api/nlvr2, /api/retrieval, /api/refexp,
+      /api/alignment; GET /api/health, /api/info, /api/gallery) and the page at /.
+      Without --model: ${DEFAULT_MODEL_DIR} (what 'uniter pretrain' writes) with the synthetic
+      world's test images. --world adds that gallery to another model trained on the world;
+      --img-db DIR offers an official img_db's images by key. --detector DIR (a BUTD detector
+      folder) lets the page and the API take photos.`;
+
+const NOTE = 'Serving the tiny model the main job pre-trained on the synthetic world; its pictures are painted from each scene\'s shapes, colours and boxes. For real photos: convert an official checkpoint (uniter convert uniter-base.pt my-model/ [--ans2label ans2label.json]) and serve it with a detector folder: uniter serve --model my-model --detector my-detector.';
+
+function positiveInt(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new Error(`--${flag} must be a non-negative integer, got '${v}'`);
+  return n;
+}
+
+export const command: Command = {
+  name: 'serve',
+  summary: 'HTTP API + web page: scores, answers and the word-region alignment, live',
+  async run(argv: string[]): Promise<number> {
+    let a;
+    let modelDir: string;
+    let gallery: Gallery | undefined;
+    let opts;
+    try {
+      a = parseArgs(argv, { string: ['model', 'detector', 'port', 'host', 'workers', 'threads', 'queue', 'img-db'], boolean: ['world'] }, USAGE);
+      if (a.positional.length) throw new Error(`unexpected argument '${a.positional[0]}' (usage: uniter ${USAGE})`);
+      const embedded = a.string.model === undefined;
+      modelDir = a.string.model ?? DEFAULT_MODEL_DIR;
+      if (embedded && !fs.existsSync(modelDir)) {
+        const running = fs.existsSync(path.join('runs', 'pretrain-default', 'ckpt'));
+        throw new Error(
+          `no model at ${modelDir}: run \`node bin/uniter.js pretrain\` first (the main job, about 21 minutes on 2 cores; it writes that folder when it ends${running ? '; runs/pretrain-default/ckpt exists, so a run has started: let it finish, or pass --model runs/pretrain-default/ckpt/step_N' : ''}), or pass --model DIR`,
+        );
+      }
+      if (a.string['img-db'] && (a.boolean.world || embedded)) throw new Error('--img-db and the synthetic world gallery are alternatives: pass one');
+      if (a.string['img-db']) gallery = storeGallery(ImgDb.open(a.string['img-db']));
+      else if (embedded || a.boolean.world) {
+        console.log('generating the synthetic world (the main job\'s) for the gallery...');
+        gallery = worldGallery(generateWorld(embeddedRecipe().world));
+      }
+      opts = {
+        modelDir,
+        detectorDir: a.string.detector,
+        host: a.string.host ?? '127.0.0.1',
+        port: positiveInt(a.string.port, 'port') ?? 8080,
+        workers: positiveInt(a.string.workers, 'workers'),
+        threads: positiveInt(a.string.threads, 'threads'),
+        queueLimit: positiveInt(a.string.queue, 'queue'),
+        gallery,
+        note: embedded ? NOTE : undefined,
+      };
+    } catch (e) {
+      console.error(`uniter serve: ${(e as Error).message}`);
+      return 2;
+    }
+    let server;
+    try {
+      server = await startServer(opts);
+    } catch (e) {
+      console.error(`uniter serve: ${(e as Error).message}`);
+      return 1;
+    }
+    console.log(`serving ${modelDir} (${server.tasks.join(', ')}) at ${server.url}${gallery ? ` with ${gallery.ids.length} gallery images` : ''}`);
+    await new Promise<void>((resolve) => {
+      const stop = (signal: string) => {
+        console.log(`${signal}: finishing requests in flight, then stopping`);
+        void server.close().then(resolve);
+      };
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.once('SIGTERM', () => stop('SIGTERM'));
+    });
+    return 0;
+  },
+};
