@@ -19,6 +19,8 @@ async function loadCommands(): Promise<Command[]> {
     () => import('./export-onnx.js'),
     () => import('./ablate.js'),
     () => import('./extract.js'),
+    () => import('./worker.js'),
+    () => import('./retrieval-score.js'),
   ];
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }
