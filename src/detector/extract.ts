@@ -140,8 +140,8 @@ export type RemoteImageResult = { file: string; key: string } & ({ ok: true; npz
 
 /**
  * Extraction elsewhere (src/queue/extract-shards.ts: batches on `uniter worker`s): computes the
- * `todo` images and hands each result to `onResult` (called at most once per key is not
- * required: later deliveries of a cached key are ignored).
+ * `todo` images and hands each result to `onResult`, which caches it here atomically (a second
+ * delivery of a key already cached or failed is ignored, so each image is stored once).
  */
 export type RemoteExtractor = (args: {
   todo: Array<{ file: string; key: string }>;
