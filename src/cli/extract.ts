@@ -204,7 +204,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   try {
     report = await extractRegions({
       detector,
-      remote: redis ? distributedExtractor({ detectorDir: path.resolve(detDir), batchImages, queue: { target: redis, queueName: a.string.queue ?? 'uniter', pollMs: deps.pollMs }, say: (l) => (display ? (display as ProgressDisplay).log(l) : say(l)) }) : undefined,
+      remote: redis ? distributedExtractor({ detectorDir: path.resolve(detDir), runTag: path.resolve(a.string.out), batchImages, queue: { target: redis, queueName: a.string.queue ?? 'uniter', pollMs: deps.pollMs }, say: (l) => (display ? (display as ProgressDisplay).log(l) : say(l)) }) : undefined,
       detectorId: detectorIdentity(detDir),
       images,
       ignored,

@@ -3,6 +3,7 @@
  * here or on any number of `uniter worker`s through Redis; then the official results and
  * R@1/5/10 both ways. See src/queue/retrieval-shards.ts and docs/scale.md.
  */
+import * as crypto from 'node:crypto';
 import * as path from 'node:path';
 import { setDefaultThreads } from '../engine/runtime.js';
 import { ProgressDisplay } from '../pretrain/progress.js';
@@ -27,6 +28,11 @@ import { parseArgs } from './args.js';
 import type { Command } from './main.js';
 
 export const DEFAULT_QUEUE = 'uniter';
+
+/** Job-id prefix of a run into one --out: two coordinators of the same run into different folders do not take each other's results. */
+export function queueRunKey(runId: string, outDir: string): string {
+  return crypto.createHash('sha256').update(`${runId}\0${path.resolve(outDir)}`).digest('hex').slice(0, 16);
+}
 
 const USAGE = `retrieval-score --model DIR --txt-db DIR --img-db DIR --out DIR [--redis URL [--queue NAME]] [options]
       Score every caption of a txt_db against every image it names (the official retrieval protocol:
@@ -163,7 +169,7 @@ export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps
     let outcome: RunOutcome;
     try {
       outcome = target
-        ? await runOnQueue(shardRun, { target, queueName: a.string.queue ?? DEFAULT_QUEUE, runKey: run.runId, pollMs: deps.pollMs })
+        ? await runOnQueue(shardRun, { target, queueName: a.string.queue ?? DEFAULT_QUEUE, runKey: queueRunKey(run.runId, store.dir), pollMs: deps.pollMs })
         : await runInProcess(shardRun, { [RETRIEVAL_JOB]: (d: RetrievalShardData) => ctx.score(d) });
     } catch (e) {
       say(`uniter retrieval-score: ${(e as Error).message}`);

@@ -86,6 +86,8 @@ export class ExtractContext {
 
 export interface DistributedExtractOptions {
   detectorDir: string;
+  /** Distinguishes runs of the same images and detector into different stores (the store path). */
+  runTag: string;
   /** Images per job (default 8). */
   batchImages?: number;
   /** The queue; null: batches run in this process through `context`. */
@@ -119,7 +121,7 @@ export function distributedExtractor(o: DistributedExtractOptions): RemoteExtrac
       signal,
     };
     const outcome = o.queue
-      ? await runOnQueue(run, { ...o.queue, runKey: crypto.createHash('sha256').update(`${detectorId}\0${DECODER_VERSION}\0${JSON.stringify(limits)}`).digest('hex').slice(0, 16) })
+      ? await runOnQueue(run, { ...o.queue, runKey: crypto.createHash('sha256').update(`${o.runTag}\0${detectorId}\0${DECODER_VERSION}\0${JSON.stringify(limits)}`).digest('hex').slice(0, 16) })
       : await runInProcess(run, { [EXTRACT_JOB]: (d: ExtractBatchData) => (o.context ?? new ExtractContext()).run(d) });
     // A batch that failed every attempt: each of its images is a failure with the batch's error.
     for (const f of outcome.failed) {

@@ -179,10 +179,15 @@ export async function runOnQueue<D, R>(run: ShardRun<D, R>, opts: QueueRunOption
   let aborted = false;
   const progress = () => run.onProgress?.({ total: run.jobs.length, done: resumed + stored, failed: failed.length });
 
-  /** Look at one job; returns true when the shard left the pending set. */
-  const inspect = async (jid: string, job: Job | undefined, enqueueIfMissing: boolean): Promise<'gone' | 'pending' | 'missing'> => {
+  /**
+   * Look at one pending shard's job. `startup`: a failed job is from an earlier run and is
+   * enqueued afresh; later it is this run's final failure. A job that is not there (never
+   * enqueued, removed by someone else, or lost with a Redis that kept no data) is 'missing' and
+   * gets enqueued again: computing a shard twice is harmless, it is stored once.
+   */
+  const inspect = async (jid: string, job: Job | undefined, startup: boolean): Promise<'gone' | 'pending' | 'missing'> => {
     const shard = byJobId.get(jid)!;
-    if (!job) return enqueueIfMissing ? 'missing' : 'pending';
+    if (!job) return 'missing';
     const state = await job.getState();
     if (state === 'completed') {
       if (pending.has(jid)) {
@@ -198,7 +203,7 @@ export async function runOnQueue<D, R>(run: ShardRun<D, R>, opts: QueueRunOption
       return 'gone';
     }
     if (state === 'failed') {
-      if (enqueueIfMissing) {
+      if (startup) {
         // A final failure of an earlier run: try again from scratch.
         await job.remove();
         return 'missing';
@@ -206,8 +211,7 @@ export async function runOnQueue<D, R>(run: ShardRun<D, R>, opts: QueueRunOption
       if (pending.delete(jid)) failed.push({ id: shard.id, error: job.failedReason || '(no error message)', attempts: job.attemptsMade });
       return 'gone';
     }
-    if (state === 'unknown') return enqueueIfMissing ? 'missing' : 'pending';
-    return 'pending';
+    return state === 'unknown' ? 'missing' : 'pending';
   };
 
   const retrying = async <T>(what: () => Promise<T>): Promise<T> => {
@@ -229,13 +233,13 @@ export async function runOnQueue<D, R>(run: ShardRun<D, R>, opts: QueueRunOption
     }
   };
 
-  /** Check a batch of pending jobs (in parallel, 64 at a time). */
-  const sweep = async (ids: string[], enqueueIfMissing: boolean): Promise<string[]> => {
+  /** Check pending jobs (in parallel, 64 at a time); returns those to enqueue. */
+  const sweep = async (ids: string[], startup: boolean): Promise<string[]> => {
     const missing: string[] = [];
     for (let k = 0; k < ids.length; k += 64) {
       const chunk = ids.slice(k, k + 64);
       const jobs = await Promise.all(chunk.map((id) => queue.getJob(id) as Promise<Job | undefined>));
-      const states = await Promise.all(chunk.map((id, n) => inspect(id, jobs[n], enqueueIfMissing)));
+      const states = await Promise.all(chunk.map((id, n) => inspect(id, jobs[n], startup)));
       states.forEach((s, n) => s === 'missing' && missing.push(chunk[n]));
     }
     return missing;
@@ -249,14 +253,16 @@ export async function runOnQueue<D, R>(run: ShardRun<D, R>, opts: QueueRunOption
     }
     progress();
     // Harvest what finished while no coordinator watched; enqueue what is not on the queue.
-    const missing = await retrying(() => sweep([...pending], true));
-    for (let k = 0; k < missing.length; k += 500) {
-      const chunk = missing.slice(k, k + 500).map((jid) => {
-        const s = byJobId.get(jid)!;
-        return { name: s.name, data: s.data, opts: jobOptions(opts, jid) };
-      });
-      await retrying(() => queue.addBulk(chunk));
-    }
+    const enqueue = async (missing: string[]) => {
+      for (let k = 0; k < missing.length; k += 500) {
+        const chunk = missing.slice(k, k + 500).map((jid) => {
+          const s = byJobId.get(jid)!;
+          return { name: s.name, data: s.data, opts: jobOptions(opts, jid) };
+        });
+        await retrying(() => queue.addBulk(chunk));
+      }
+    };
+    await enqueue(await retrying(() => sweep([...pending], true)));
     progress();
     let lastReconcile = performance.now();
     let lastWorkerCheck = performance.now();
@@ -271,7 +277,11 @@ export async function runOnQueue<D, R>(run: ShardRun<D, R>, opts: QueueRunOption
       const full = now - lastReconcile >= reconcileMs;
       const ids = full ? [...pending] : [...flagged].filter((id) => pending.has(id));
       flagged.clear();
-      if (ids.length) await retrying(() => sweep(ids, false));
+      if (ids.length) {
+        const lost = await retrying(() => sweep(ids, false));
+        if (lost.length) say(`${lost.length} queued shards are no longer on the queue (Redis restarted without persistence, or removed); enqueued again`);
+        await enqueue(lost);
+      }
       if (full) lastReconcile = now;
       if (now - lastWorkerCheck >= 10_000 && pending.size > 0) {
         lastWorkerCheck = now;
