@@ -205,7 +205,7 @@ describe('on Redis with worker processes', { skip: HAVE_REDIS ? false : NO_REDIS
   });
 });
 
-describe('Redis restarted with AOF on', { skip: HAVE_REDIS ? false : NO_REDIS }, () => {
+describe('Redis restarted mid-run', { skip: HAVE_REDIS ? false : NO_REDIS }, () => {
   test('the run goes on across the restart and gives the identical matrix', async () => {
     const redis = await RedisServer.start(path.join(tmp, 'redis-aof'), { aof: true });
     const workers = [0, 1].map(() => new WorkerProc(redis.url, ['--lock-ms', '2000']));
@@ -225,6 +225,30 @@ describe('Redis restarted with AOF on', { skip: HAVE_REDIS ? false : NO_REDIS },
       const log = logLines(out);
       assert.equal(log.length, 9);
       assert.equal(new Set(log.map((l) => l.shard)).size, 9);
+    } finally {
+      await Promise.all(workers.map((w) => w.stop()));
+      await redis.stop();
+    }
+  });
+
+  test('without persistence the restarted Redis is empty: the coordinator enqueues the lost shards again and the matrix is identical', async () => {
+    const redis = await RedisServer.start(path.join(tmp, 'redis-empty'));
+    const workers = [0, 1].map(() => new WorkerProc(redis.url, ['--lock-ms', '2000']));
+    try {
+      await Promise.all(workers.map((w) => w.ready()));
+      const out = path.join(tmp, 'q-empty');
+      const run = score(out, ['--redis', redis.url]);
+      await waitFor('the first stored shard', () => fs.existsSync(path.join(out, 'shards.log')) && fs.readFileSync(path.join(out, 'shards.log'), 'utf8').length > 0, 30_000, 10);
+      await redis.stop('SIGKILL');
+      const storedBefore = logLines(out).length;
+      await redis.start();
+      const r = await run;
+      assert.ok(storedBefore < 9, `the run had finished (${storedBefore} shards) before Redis went down`);
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.err, /no longer on the queue .*enqueued again/);
+      assert.ok(read(out).equals(reference), 'matrix differs after the restart');
+      assert.equal(new Set(logLines(out).map((l) => l.shard)).size, 9);
+      assert.equal(logLines(out).length, 9);
     } finally {
       await Promise.all(workers.map((w) => w.stop()));
       await redis.stop();
