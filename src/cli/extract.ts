@@ -3,6 +3,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { detectorIdentity, extractRegions, ExtractError, listImages, REPORT_FILE, type ExtractEvent, type ExtractReport, type RegionDetector } from '../detector/extract.js';
 import { ProgressDisplay } from '../pretrain/progress.js';
+import { distributedExtractor } from '../queue/extract-shards.js';
+import { checkRedis, parseRedisUrl, QueueUsageError, type RedisTarget } from '../queue/redis.js';
 import { parseArgs } from './args.js';
 import type { Command } from './main.js';
 
@@ -38,6 +40,12 @@ const USAGE = `extract --detector DIR (IMAGES... | --images-dir DIR) --out STORE
                      an unfinished extraction made with another detector
   --json             print one JSON line at the end (counts, store, seconds, images/s)
   --quiet            no progress display (failed images are still listed on stderr)
+  --redis URL        extract on 'uniter worker's through this Redis (redis://host:port[/db]) instead
+                     of here: batches of images are queued, results come back through Redis into
+                     STORE/.extract-cache/, and the img_db is built here. Workers must read the
+                     detector folder and the images at the same (absolute) paths. See docs/scale.md.
+  --queue NAME       queue name with --redis (default uniter)
+  --batch-images N   images per queued job with --redis (default 8)
 
   Resuming: each image's result is kept in STORE/.extract-cache/ as soon as it is done; rerunning
   the same command after an interruption (Ctrl-C stops after the image in flight) or after failures
@@ -58,6 +66,8 @@ export interface ExtractDeps {
   stdout?: { write(s: string): unknown };
   /** Abort signal in place of SIGINT handling (tests). */
   signal?: AbortSignal;
+  /** Queue polling in ms with --redis (tests). */
+  pollMs?: number;
 }
 
 class UsageError extends Error {}
@@ -110,8 +120,14 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   let threads: number | undefined;
   let images: string[];
   let ignored: string[] = [];
+  let redis: RedisTarget | null = null;
+  let batchImages: number | undefined;
   try {
-    a = parseArgs(argv, { string: ['detector', 'images-dir', 'out', 'conf-th', 'min-bb', 'max-bb', 'npz', 'threads'], boolean: ['compress', 'json', 'overwrite', 'quiet'] }, USAGE);
+    a = parseArgs(argv, { string: ['detector', 'images-dir', 'out', 'conf-th', 'min-bb', 'max-bb', 'npz', 'threads', 'redis', 'queue', 'batch-images'], boolean: ['compress', 'json', 'overwrite', 'quiet'] }, USAGE);
+    if (a.string.redis) redis = parseRedisUrl(a.string.redis);
+    else if (a.string.queue !== undefined || a.string['batch-images'] !== undefined) throw new UsageError(`--${a.string.queue !== undefined ? 'queue' : 'batch-images'} needs --redis URL`);
+    batchImages = num(a.string['batch-images'], '--batch-images', true);
+    if (batchImages !== undefined && batchImages < 1) throw new UsageError(`--batch-images expects a positive integer, got ${batchImages}`);
     rule = { confTh: num(a.string['conf-th'], '--conf-th', false), minBb: num(a.string['min-bb'], '--min-bb', true), maxBb: num(a.string['max-bb'], '--max-bb', true) };
     threads = num(a.string.threads, '--threads', true);
     if (threads !== undefined && threads < 1) throw new UsageError(`--threads expects a positive integer, got ${threads}`);
@@ -128,7 +144,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
       return 2;
     }
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ExtractError || /^(unknown option|option --)/.test((e as Error).message)) {
+    if (e instanceof UsageError || e instanceof ExtractError || e instanceof QueueUsageError || /^(unknown option|option --)/.test((e as Error).message)) {
       say(`uniter extract: ${(e as Error).message.replace(/ \(usage: [\s\S]*$/, '')}\nusage: uniter ${USAGE.split('\n')[0]} (see uniter extract --help)`);
       return 2;
     }
@@ -140,12 +156,23 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
     say(`uniter extract: ${problem}\n\n${WEIGHTS_HELP}`);
     return 2;
   }
-  let detector: RegionDetector;
-  try {
-    detector = await (deps.loadDetector ?? defaultLoadDetector)(detDir, threads);
-  } catch (e) {
-    say(`uniter extract: cannot load the detector from ${detDir}: ${(e as Error).message}\n\n${WEIGHTS_HELP}`);
-    return 1;
+  let detector: RegionDetector | undefined;
+  if (redis) {
+    try {
+      await checkRedis(redis);
+    } catch (e) {
+      say(`uniter extract: ${(e as Error).message}`);
+      return 2;
+    }
+    // Workers open the files by the paths in the jobs.
+    images = images.map((f) => path.resolve(f));
+  } else {
+    try {
+      detector = await (deps.loadDetector ?? defaultLoadDetector)(detDir, threads);
+    } catch (e) {
+      say(`uniter extract: cannot load the detector from ${detDir}: ${(e as Error).message}\n\n${WEIGHTS_HELP}`);
+      return 1;
+    }
   }
 
   const quiet = a.boolean.quiet === true;
@@ -177,6 +204,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   try {
     report = await extractRegions({
       detector,
+      remote: redis ? distributedExtractor({ detectorDir: path.resolve(detDir), runTag: path.resolve(a.string.out), batchImages, queue: { target: redis, queueName: a.string.queue ?? 'uniter', pollMs: deps.pollMs }, say: (l) => (display ? (display as ProgressDisplay).log(l) : say(l)) }) : undefined,
       detectorId: detectorIdentity(detDir),
       images,
       ignored,

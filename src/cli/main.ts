@@ -20,6 +20,8 @@ async function loadCommands(): Promise<Command[]> {
     () => import('./ablate.js'),
     () => import('./extract.js'),
     () => import('./serve.js'),
+    () => import('./worker.js'),
+    () => import('./retrieval-score.js'),
   ];
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }

@@ -135,8 +135,28 @@ export interface ExtractEvent {
   numBoxes?: number;
 }
 
+/** One image's outcome from a remote extractor: the cache's npz bytes, or why it was refused. */
+export type RemoteImageResult = { file: string; key: string } & ({ ok: true; npz: string; numBoxes: number } | { ok: false; kind: string; reason: string });
+
+/**
+ * Extraction elsewhere (src/queue/extract-shards.ts: batches on `uniter worker`s): computes the
+ * `todo` images and hands each result to `onResult`, which caches it here atomically (a second
+ * delivery of a key already cached or failed is ignored, so each image is stored once).
+ */
+export type RemoteExtractor = (args: {
+  todo: Array<{ file: string; key: string }>;
+  detectorId: string;
+  limits: Partial<DecodeLimits>;
+  onResult: (r: RemoteImageResult) => void;
+  isCached: (key: string) => boolean;
+  signal?: AbortSignal;
+}) => Promise<{ aborted: boolean }>;
+
 export interface ExtractOptions {
-  detector: RegionDetector;
+  /** The detector, for extraction in this process (not needed with `remote`). */
+  detector?: RegionDetector;
+  /** Extract elsewhere (e.g. on queue workers); the cache and the store are handled here as for a local run. */
+  remote?: RemoteExtractor;
   /** Identity of the detector's weights and config (see `detectorIdentity`); recorded with the cache. */
   detectorId: string;
   /** Image files, in store order. */
@@ -348,9 +368,33 @@ export async function extractRegions(opts: ExtractOptions): Promise<ExtractRepor
   let aborted = false;
   opts.onStart?.({ total, already: index });
   const tExtract = now();
+  if (opts.remote && todo.length) {
+    ({ aborted } = await opts.remote({
+      todo,
+      detectorId: opts.detectorId,
+      limits: opts.limits ?? {},
+      isCached: (key) => doneKeys.has(key),
+      signal: opts.signal,
+      onResult(r) {
+        const file = byKey.get(r.key);
+        if (file === undefined || doneKeys.has(r.key) || failed.some((f) => f.key === r.key)) return;
+        if (!r.ok) {
+          failed.push({ file, key: r.key, kind: r.kind, reason: r.reason });
+          emit({ file, key: r.key, status: 'failed', reason: r.reason });
+          return;
+        }
+        const bytes = Buffer.from(r.npz, 'base64');
+        if (opts.npzDir) writeFileAtomic(path.join(opts.npzDir, r.key), writeNpz(readNpz(bytes, r.key), true));
+        writeFileAtomic(path.join(cacheDir, r.key), bytes);
+        doneKeys.add(r.key);
+        extracted++;
+        emit({ file, key: r.key, status: 'done', numBoxes: r.numBoxes });
+      },
+    }));
+  } else if (!opts.detector && todo.length) throw new ExtractError('extractRegions needs a detector or a remote extractor', 'usage');
   // Decode the next image while the detector works on this one.
-  let next: Promise<Decoded> | null = todo.length ? decodeSafe(todo[0].file, opts.limits) : null;
-  for (let i = 0; i < todo.length; i++) {
+  let next: Promise<Decoded> | null = todo.length && !opts.remote ? decodeSafe(todo[0].file, opts.limits) : null;
+  for (let i = 0; i < todo.length && !opts.remote; i++) {
     const { file, key } = todo[i];
     const cur = await (next as Promise<Decoded>);
     if (opts.signal?.aborted) {
@@ -368,7 +412,7 @@ export async function extractRegions(opts: ExtractOptions): Promise<ExtractRepor
     let bytes: Uint8Array;
     let numBoxes: number;
     try {
-      const det = await opts.detector.detect(cur.img);
+      const det = await opts.detector!.detect(cur.img);
       const arrays = detectionToButd(det, 'detector output');
       numBoxes = det.numBoxes;
       bytes = writeNpz(arrays, false);
