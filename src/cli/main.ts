@@ -1,4 +1,7 @@
 /** The `uniter` binary: one subcommand per job, each in its own file under src/cli/. */
+import * as fs from 'node:fs';
+import { fileURLToPath } from 'node:url';
+
 export interface Command {
   name: string;
   summary: string;
@@ -26,12 +29,31 @@ async function loadCommands(): Promise<Command[]> {
   return Promise.all(loaders.map(async (l) => (await l()).command));
 }
 
+/** The package's version, from the package.json beside dist/ (the same file npm installed). */
+export function packageVersion(): string {
+  const file = new URL('../../../package.json', import.meta.url);
+  const pkg = JSON.parse(fs.readFileSync(file, 'utf8')) as { name?: string; version?: string };
+  if (pkg.name !== 'uniter-ts' || typeof pkg.version !== 'string') throw new Error(`${fileURLToPath(file)} is not uniter-ts's package.json`);
+  return pkg.version;
+}
+
+function printHelp(commands: Command[]): void {
+  console.log('usage: uniter <command> [options]\n\ncommands:');
+  for (const c of commands) console.log(`  ${c.name.padEnd(14)} ${c.summary}`);
+  console.log("\n'uniter help <command>' or 'uniter <command> --help' shows a command's options; 'uniter --version' the version.");
+}
+
 export async function main(argv: string[]): Promise<void> {
+  const [first, ...after] = argv;
+  if (first === '--version' || first === '-v' || first === 'version') {
+    console.log(packageVersion());
+    return;
+  }
   const commands = await loadCommands();
-  const [name, ...rest] = argv;
+  // `uniter help CMD` is `uniter CMD --help`.
+  const [name, ...rest] = first === 'help' && after.length > 0 ? [after[0], '--help'] : argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
-    console.log('usage: uniter <command> [options]\n\ncommands:');
-    for (const c of commands) console.log(`  ${c.name.padEnd(14)} ${c.summary}`);
+    printHelp(commands);
     return;
   }
   const cmd = commands.find((c) => c.name === name);
