@@ -33,3 +33,62 @@ export function readJsonObject(file: string, what: string, makeError: ErrorFacto
   if (!isJsonObject(raw)) throw makeError(`${file}: ${what} must be a JSON object, got ${Array.isArray(raw) ? 'an array' : raw === null ? 'null' : typeof raw}`);
   return raw;
 }
+
+/**
+ * A problem JSON.parse does not report: the first key that occurs twice in one object (JSON.parse
+ * silently keeps the last), or nesting deeper than `maxDepth` (later recursive walks would
+ * overflow the stack). Iterative, so it cannot overflow itself. Text that is not valid JSON may
+ * give any answer; parse it with JSON.parse as well.
+ */
+export function jsonStructureProblem(text: string, maxDepth = 256): string | null {
+  // One entry per open container: a key set for objects, null for arrays.
+  const stack: (Set<string> | null)[] = [];
+  let expectKey = false; // the next string in the innermost object is a key
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i);
+    if (c === 0x7b /* { */ || c === 0x5b /* [ */) {
+      stack.push(c === 0x7b ? new Set() : null);
+      if (stack.length > maxDepth) return `nesting deeper than ${maxDepth} levels`;
+      expectKey = c === 0x7b;
+    } else if (c === 0x7d /* } */ || c === 0x5d /* ] */) {
+      stack.pop();
+      expectKey = false;
+    } else if (c === 0x2c /* , */) {
+      expectKey = stack.length > 0 && stack[stack.length - 1] !== null;
+    } else if (c === 0x22 /* " */) {
+      let j = i + 1;
+      let hasEscape = false;
+      while (j < text.length && text.charCodeAt(j) !== 0x22) {
+        if (text.charCodeAt(j) === 0x5c) {
+          hasEscape = true;
+          j++;
+        }
+        j++;
+      }
+      if (expectKey) {
+        const raw = text.slice(i, j + 1);
+        let key = raw.slice(1, -1);
+        if (hasEscape) {
+          try {
+            key = JSON.parse(raw) as string;
+          } catch {
+            /* invalid; JSON.parse of the whole text will say so */
+          }
+        }
+        const keys = stack[stack.length - 1] as Set<string>;
+        if (keys.has(key)) return `duplicate key ${JSON.stringify(key)}`;
+        keys.add(key);
+        expectKey = false;
+      }
+      i = j;
+    }
+  }
+  return null;
+}
+
+/** JSON.parse that also refuses duplicate keys and excessive nesting (see jsonStructureProblem). */
+export function parseJsonStrict(text: string, maxDepth = 256): unknown {
+  const problem = jsonStructureProblem(text, maxDepth);
+  if (problem) throw new SyntaxError(problem);
+  return JSON.parse(text) as unknown;
+}
