@@ -25,6 +25,7 @@ import type { RngState } from '../util/rng.js';
 import type { MixerState } from './mixer.js';
 import type { AdamWStateJson, OptimizerState } from './optimizer.js';
 import { readJsonFile, readJsonObject } from '../util/json.js';
+import { checkFiniteTensor } from '../util/finite.js';
 
 export const MODEL_FILE = 'model.safetensors';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
@@ -290,6 +291,7 @@ export function readModelSafetensors(file: string): { params: Map<string, Float3
   const shapes = new Map<string, number[]>();
   for (const [name, t] of tensors) {
     if (!(t.data instanceof Float32Array)) throw new Error(`${file}: tensor '${name}' is ${t.dtype}, expected a float parameter`);
+    checkFiniteTensor(file, name, t.data, t.shape);
     params.set(name, t.data);
     shapes.set(name, t.shape);
   }
