@@ -16,12 +16,18 @@ export function readJsonFile(file: string, what: string, makeError: ErrorFactory
   } catch (e) {
     throw makeError(`${file}: cannot read ${what} (${(e as Error).message})`);
   }
+  // Deep nesting is refused before parsing: recursive walks of the value would overflow the stack.
+  const problem = jsonStructureProblem(text, MAX_JSON_DEPTH, false);
+  if (problem) throw makeError(`${file}: ${what} is not acceptable JSON (${problem})`);
   try {
     return JSON.parse(text) as unknown;
   } catch (e) {
     throw makeError(`${file}: ${what} is not valid JSON (${(e as Error).message})`);
   }
 }
+
+/** The deepest nesting JSON files may have (configs and states are a few levels deep). */
+export const MAX_JSON_DEPTH = 512;
 
 export function isJsonObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -40,7 +46,7 @@ export function readJsonObject(file: string, what: string, makeError: ErrorFacto
  * overflow the stack). Iterative, so it cannot overflow itself. Text that is not valid JSON may
  * give any answer; parse it with JSON.parse as well.
  */
-export function jsonStructureProblem(text: string, maxDepth = 256): string | null {
+export function jsonStructureProblem(text: string, maxDepth = 256, checkDuplicates = true): string | null {
   // One entry per open container: a key set for objects, null for arrays.
   const stack: (Set<string> | null)[] = [];
   let expectKey = false; // the next string in the innermost object is a key
@@ -65,7 +71,7 @@ export function jsonStructureProblem(text: string, maxDepth = 256): string | nul
         }
         j++;
       }
-      if (expectKey) {
+      if (expectKey && checkDuplicates) {
         const raw = text.slice(i, j + 1);
         let key = raw.slice(1, -1);
         if (hasEscape) {
