@@ -207,3 +207,9 @@ test('a 100k-deep JSON config is refused, not a stack overflow (case 10)', () =>
   fs.writeFileSync(file, '['.repeat(100_000) + ']'.repeat(100_000));
   assert.throws(() => loadPretrainConfig(file), (e: Error) => e instanceof ConfigError && /nesting deeper than 512 levels/.test(e.message));
 });
+
+test('num_train_steps 1e308 is refused (case 10)', () => {
+  const file = path.join(tmp, 'huge-steps.json');
+  fs.writeFileSync(file, JSON.stringify({ model: { preset: 'tiny' }, output_dir: 'runs/x', train_datasets: [{ name: 'c', db: ['t.db'], img: ['i'], tasks: ['mlm'] }], val_datasets: [{ name: 'c', db: ['t.db'], img: ['i'], tasks: ['mlm'] }], num_train_steps: 1e308, warmup_steps: 10 }));
+  assert.throws(() => loadPretrainConfig(file, { checkPaths: false }), (e: Error) => e instanceof ConfigError && /num_train_steps.*expected an integer >= 1 and <= 2\^53 - 1, got 1e\+308/.test(e.message));
+});
