@@ -4,14 +4,17 @@ import type { Command } from './main.js';
 import { buildUserData, formatInspectReport, inspectData } from '../data/userdata.js';
 
 const USAGE = `usage:
-  uniter data build --jsonl FILE --images DIR --out DIR [--name NAME] [--compress]
-                    [--conf-th 0.2] [--max-bb 100] [--min-bb 10]
+  uniter data build --jsonl FILE --images DIR --out DIR [--name NAME] [--compress] [--overwrite]
+                    [--img-dim N] [--conf-th 0.2] [--max-bb 100] [--min-bb 10]
       Tokenize the JSON Lines examples ({"id", "text"|"caption"|"question"|"statement"|"expression",
       "image": "<file>.npz", ...task fields}) and convert the per-image BUTD feature files they use;
       writes OUT/txt_db/NAME.db and OUT/img_db/NAME/ (NAME defaults to the JSONL file name).
+      Records whose image is unusable (missing, unreadable, no boxes, no soft_labels, NaN values,
+      bad boxes, a feature width other than --img-dim or the majority's) are skipped with the
+      reason; nothing valid is an error. Existing stores are replaced only with --overwrite.
   uniter data inspect PATH
       Counts, text-length and region-count histograms, and problems found, for a txt_db, an img_db
-      or a folder holding stores.`;
+      or a folder holding stores. Exits 1 when it reports problems.`;
 
 function number(v: string | undefined, flag: string, integer: boolean): number | undefined {
   if (v === undefined) return undefined;
@@ -36,6 +39,8 @@ async function run(argv: string[]): Promise<number> {
           out: { type: 'string' },
           name: { type: 'string' },
           compress: { type: 'boolean', default: false },
+          overwrite: { type: 'boolean', default: false },
+          'img-dim': { type: 'string' },
           'conf-th': { type: 'string' },
           'max-bb': { type: 'string' },
           'min-bb': { type: 'string' },
@@ -49,6 +54,8 @@ async function run(argv: string[]): Promise<number> {
         outDir: values.out,
         name: values.name,
         compress: values.compress,
+        overwrite: values.overwrite,
+        imgDim: number(values['img-dim'], '--img-dim', true),
         confTh: number(values['conf-th'], '--conf-th', false),
         maxBb: number(values['max-bb'], '--max-bb', true),
         minBb: number(values['min-bb'], '--min-bb', true),
@@ -64,8 +71,9 @@ async function run(argv: string[]): Promise<number> {
     if (sub === 'inspect') {
       const { positionals } = parseArgs({ args: rest, strict: true, allowPositionals: true, options: {} });
       if (positionals.length !== 1) throw new UsageError('inspect needs exactly one PATH');
-      console.log(formatInspectReport(inspectData(positionals[0])));
-      return 0;
+      const report = inspectData(positionals[0]);
+      console.log(formatInspectReport(report));
+      return report.problems.length ? 1 : 0;
     }
     if (sub === undefined || sub === '--help' || sub === '-h' || sub === 'help') {
       console.log(USAGE);

@@ -13,17 +13,23 @@ import { setDefaultThreads } from '../engine/runtime.js';
 import type { Command } from './main.js';
 import { parseArgs } from './args.js';
 
-const USAGE = 'pretrain [--config FILE] [--out DIR] [--steps N] [--resume] [--json] [--quiet] [--threads N] [--seed N]';
+const USAGE = `pretrain [--config FILE] [--out DIR] [--steps N] [--resume [--allow-changed F,...]] [--overwrite] [--json] [--quiet] [--threads N] [--seed N]
+      --resume              continue the run in --out from its newest intact checkpoint (same model, data and settings)
+      --allow-changed F,... with --resume: fields that may differ from the recorded run (lr, steps, seed, warmup_steps, ...)
+      --overwrite           replace a run already in --out (without it, a new run refuses a folder that holds one)`;
 
 export const command: Command = {
   name: 'pretrain',
   summary: 'pre-train UNITER (default: a tiny model on the built-in synthetic world)',
   async run(argv) {
-    const a = parseArgs(argv, { string: ['config', 'out', 'steps', 'threads', 'seed'], boolean: ['resume', 'json', 'quiet'] }, USAGE);
+    const a = parseArgs(argv, { string: ['config', 'out', 'steps', 'threads', 'seed', 'allow-changed'], boolean: ['resume', 'json', 'quiet', 'overwrite'] }, USAGE);
     if (a.positional.length) throw new Error(`pretrain: unexpected argument '${a.positional[0]}' (usage: uniter ${USAGE})`);
     const steps = a.string.steps !== undefined ? positiveInt(a.string.steps, '--steps') : undefined;
     const seed = a.string.seed !== undefined ? positiveInt(a.string.seed, '--seed', 0) : undefined;
     if (a.string.threads) setDefaultThreads(positiveInt(a.string.threads, '--threads'));
+    if (a.boolean.resume && a.boolean.overwrite) throw new Error('pretrain: --resume and --overwrite exclude each other');
+    if (a.string['allow-changed'] !== undefined && !a.boolean.resume) throw new Error('pretrain: --allow-changed only applies with --resume');
+    const ownership = { overwrite: a.boolean.overwrite, allowChanged: (a.string['allow-changed'] ?? '').split(',').map((f) => f.trim()).filter(Boolean) };
     const say = (msg: string) => {
       if (!a.boolean.quiet) (a.boolean.json ? process.stderr : process.stdout).write(msg + '\n');
     };
@@ -42,7 +48,7 @@ export const command: Command = {
       if (report) say(`loaded ${report.loaded.length} tensors from ${report.source}; missing (fresh init): ${report.missing.length}${fmtList(report.missing)}; unexpected (ignored): ${report.unexpected.length}${fmtList(report.unexpected)}`);
       const data = openStoreSources(cfg);
       try {
-        result = await pretrain({ modelConfig: model, settings: settingsFromConfig(cfg), train: data.train, val: data.val, outDir, initial: params, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: cfg });
+        result = await pretrain({ modelConfig: model, settings: settingsFromConfig(cfg), train: data.train, val: data.val, outDir, initial: params, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: cfg, ...ownership });
       } finally {
         data.close();
       }
@@ -54,7 +60,7 @@ export const command: Command = {
       const c = d.world.counts();
       say(`generated the synthetic world in ${((Date.now() - t) / 1000).toFixed(1)} s: ${c.images.train} train / ${c.images.val} val images, ${c.objects} objects, ${c.txtDbs.pretrain_world_train} train captions`);
       say(`model: tiny UNITER (hidden ${d.model.hidden_size}, ${d.model.num_hidden_layers} layers); ${d.settings.steps} steps of ITM+WRA / MLM / MRFR / MRC-kl mixed ${d.train[0].mix_ratio?.join(':')}; output in ${outDir}`);
-      result = await pretrain({ modelConfig: d.model, settings: d.settings, train: d.train, val: d.val, outDir, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: { embedded: true, settings: d.settings } });
+      result = await pretrain({ modelConfig: d.model, settings: d.settings, train: d.train, val: d.val, outDir, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: { embedded: true, settings: d.settings }, ...ownership });
       if (!a.boolean.quiet) await showWhatItLearned(result, d, (m) => say(m));
     }
     const report = path.join(outDir, 'report.html');

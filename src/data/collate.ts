@@ -23,6 +23,7 @@
 import { type HostTensor, bool, f32, i64 } from '../engine/host.js';
 import type { Batch } from './types.js';
 import { maskRegionFeatures, selectMaskedRows } from './masking.js';
+import { NonFiniteError, firstNonFinite } from '../util/finite.js';
 
 /** Names of the non-official index helpers this module adds (see the header). */
 export const EXTRA_BATCH_FIELDS: readonly string[] = ['mlm_positions', 'mrm_positions'];
@@ -40,6 +41,8 @@ export interface SeqRow {
   txtTypeIds?: readonly number[];
   /** Per region token type (NLVR2: 1 left image, 2 right image). */
   imgTypeIds?: readonly number[];
+  /** The example's id, when known (named in errors). */
+  id?: string;
 }
 
 /** The sizes a task collate needs after the core ran. */
@@ -56,6 +59,13 @@ export interface BatchLayout {
 }
 
 const POS_DIM = 7;
+
+/** NaN or infinite input values are errors naming the row (and example id), field, region and column. */
+function checkFiniteField(r: SeqRow, i: number, field: string, data: Float32Array, width: number): void {
+  const bad = firstNonFinite(data);
+  if (bad < 0) return;
+  throw new NonFiniteError(`collate: row ${i}${r.id !== undefined ? ` (example '${r.id}')` : ''} field '${field}' holds ${data[bad]} at region ${Math.floor(bad / width)}, column ${bad % width}; inputs must be finite`);
+}
 
 /** int64 [B, L] from ragged rows, right-padded with `pad`. */
 function padRows(rows: ReadonlyArray<ArrayLike<number>>, width: number, pad: number): HostTensor {
@@ -96,13 +106,16 @@ export function collateRows(rows: readonly SeqRow[], imgDim?: number): { batch: 
     if (r.imgPosFeat.length !== r.nbb * POS_DIM) {
       throw new Error(`collate: row ${i} img_pos_feat has ${r.imgPosFeat.length} values, expected ${r.nbb} x ${POS_DIM}`);
     }
-    if (r.nbb > 0) {
-      const d = r.imgFeat.length / r.nbb;
-      if (dim === undefined) dim = d;
-      if (d !== dim) throw new Error(`collate: row ${i} img_feat has ${r.imgFeat.length} values, expected ${r.nbb} x ${dim}`);
-    } else if (r.imgFeat.length !== 0) {
-      throw new Error(`collate: row ${i} has 0 regions but ${r.imgFeat.length} feature values`);
+    if (r.nbb === 0) {
+      // A row without regions has no image to score: alone it breaks the graph's reshapes, in a
+      // batch it would be scored on text alone without a word.
+      throw new Error(`collate: row ${i}${r.id !== undefined ? ` (example '${r.id}')` : ''} has 0 image regions; every example needs at least one region`);
     }
+    const d = r.imgFeat.length / r.nbb;
+    if (dim === undefined) dim = d;
+    if (d !== dim) throw new Error(`collate: row ${i} img_feat has ${r.imgFeat.length} values, expected ${r.nbb} x ${dim}`);
+    checkFiniteField(r, i, 'img_feat', r.imgFeat, dim);
+    checkFiniteField(r, i, 'img_pos_feat', r.imgPosFeat, POS_DIM);
   });
   if (dim === undefined) throw new Error('collate: no row has regions, so the feature size is unknown; pass imgDim');
   const b = rows.length;

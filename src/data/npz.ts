@@ -13,6 +13,7 @@
  */
 import * as fs from 'node:fs';
 import { unzipSync, zipSync, type Zippable } from 'fflate';
+import { zipStructureProblem } from '../util/zip-check.js';
 import { floatToHalf, halfToFloat, numel } from '../engine/host.js';
 
 export type NpyDtype = '<f2' | '<f4' | '<f8' | '<i4' | '<i8' | '|b1' | '|u1';
@@ -204,6 +205,8 @@ export function writeNpy(a: NpyArray, where = '<npy>'): Uint8Array {
 export function readNpz(bytes: Uint8Array, name = '<npz>', opts: { members?: readonly string[] } = {}): Map<string, NpyArray> {
   const wanted = opts.members ? new Set(opts.members) : undefined;
   let files: Record<string, Uint8Array>;
+  const problem = zipStructureProblem(bytes);
+  if (problem) throw new NpyError(`${name}: not a readable .npz (zip) archive: ${problem}`);
   try {
     files = unzipSync(bytes, {
       filter: (f) => f.name.endsWith('.npy') && (!wanted || wanted.has(f.name.slice(0, -4))),

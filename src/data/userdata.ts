@@ -82,6 +82,10 @@ export interface BuildOptions extends Pick<ImgDbOptions, 'confTh' | 'maxBb' | 'm
   name?: string;
   /** npz-valued img_db (`_compressed`). */
   compress?: boolean;
+  /** Replace stores of the same name (otherwise an existing store is an error). */
+  overwrite?: boolean;
+  /** The feature width to keep (default: the width most valid images have). */
+  imgDim?: number;
   tokenizer?: BertTokenizer;
 }
 
@@ -127,77 +131,148 @@ export function buildUserData(opts: BuildOptions): BuildReport {
     }
   }
 
-  const good = new Set<string>();
+  // Pass 1: every image on its own (readable, finite, required fields, sane boxes, >= 1 box).
   const imageProblem = new Map<string, string>();
-  let firstDim: { imgDim: number; labelDim: number; from: string } | undefined;
-  function* images(): Generator<ImageFeatures> {
-    for (const img of wanted) {
-      const file = path.join(opts.imagesDir, img);
-      let f: ButdFeatures;
-      if (!fs.existsSync(file)) {
-        imageProblem.set(img, `image "${img}" not found in ${opts.imagesDir}`);
-        continue;
-      }
-      try {
-        f = readBUTDNpz(file);
-      } catch (e) {
-        imageProblem.set(img, `image "${img}" is unreadable: ${(e as Error).message}`);
-        continue;
-      }
-      const bad = f.features.findIndex((v) => !Number.isFinite(v));
-      if (bad >= 0) {
-        imageProblem.set(img, `image "${img}" has NaN or infinite features (row ${Math.floor(bad / f.imgDim)})`);
-        continue;
-      }
-      if (f.normBb.some((v) => !Number.isFinite(v))) {
-        imageProblem.set(img, `image "${img}" has NaN or infinite boxes`);
-        continue;
-      }
-      if (firstDim && (f.imgDim !== firstDim.imgDim || f.labelDim !== firstDim.labelDim)) {
-        imageProblem.set(img, `image "${img}" has feature width ${f.imgDim} / ${f.labelDim} labels, unlike ${firstDim.imgDim} / ${firstDim.labelDim} of "${firstDim.from}"`);
-        continue;
-      }
-      firstDim ??= { imgDim: f.imgDim, labelDim: f.labelDim, from: img };
-      good.add(img);
-      yield { fname: img, features: f.features, normBb: f.normBb, conf: f.conf, softLabels: f.softLabels, numBoxes: f.numBoxes };
+  const dimsOf = new Map<string, { imgDim: number; labelDim: number }>();
+  for (const img of wanted) {
+    const file = path.join(opts.imagesDir, img);
+    if (!fs.existsSync(file)) {
+      imageProblem.set(img, `image "${img}" not found in ${opts.imagesDir}`);
+      continue;
     }
+    let f: ButdFeatures;
+    try {
+      f = readBUTDNpz(file);
+    } catch (e) {
+      imageProblem.set(img, `image "${img}" is unreadable: ${(e as Error).message}`);
+      continue;
+    }
+    const problem = butdProblem(f);
+    if (problem) imageProblem.set(img, `image "${img}" ${problem}`);
+    else dimsOf.set(img, { imgDim: f.imgDim, labelDim: f.labelDim });
   }
-  const imgDir = path.join(opts.outDir, 'img_db', name);
-  const { count: imageCount } = writeImgDb(imgDir, images(), { confTh: opts.confTh, maxBb: opts.maxBb, minBb: opts.minBb, compress: opts.compress });
+  // The feature width: --img-dim, else the one most valid images have (the first seen on a tie),
+  // so one odd file listed first cannot drop every good record.
+  const tally = new Map<string, { imgDim: number; labelDim: number; count: number }>();
+  for (const d of dimsOf.values()) {
+    const key = `${d.imgDim}/${d.labelDim}`;
+    const t = tally.get(key) ?? { ...d, count: 0 };
+    t.count++;
+    tally.set(key, t);
+  }
+  const candidates = [...tally.values()].filter((t) => opts.imgDim === undefined || t.imgDim === opts.imgDim);
+  const width = candidates.reduce<(typeof candidates)[number] | undefined>((best, t) => (!best || t.count > best.count ? t : best), undefined);
+  const widthSource = opts.imgDim !== undefined ? `--img-dim ${opts.imgDim}` : `the majority of images (${width?.count ?? 0} of ${dimsOf.size})`;
+  const good = new Set<string>();
+  for (const [img, d] of dimsOf) {
+    if (width && d.imgDim === width.imgDim && d.labelDim === width.labelDim) good.add(img);
+    else imageProblem.set(img, `image "${img}" has feature width ${d.imgDim} / ${d.labelDim} labels, unlike ${width ? `${width.imgDim} / ${width.labelDim}` : `${opts.imgDim}`} of ${widthSource}`);
+  }
 
+  // The records that survive, before anything is written.
   const records: TextRecord[] = [];
+  const used = new Set<string>();
+  const skipped: Array<{ id: string; line: number; reason: string }> = [];
   for (const ex of examples) {
     const imgs = Array.isArray(ex.image) ? ex.image : [ex.image];
     const missing = imgs.find((i) => !good.has(i));
     if (missing !== undefined) {
-      warnings.push(`record "${ex.id}" (line ${ex.line}) skipped: ${imageProblem.get(missing) ?? `image "${missing}" unusable`}`);
+      skipped.push({ id: ex.id, line: ex.line, reason: imageProblem.get(missing) ?? `image "${missing}" unusable` });
       continue;
     }
     const ids = tokenizer.encode(ex.text);
     if (ids.length === 0) {
-      warnings.push(`record "${ex.id}" (line ${ex.line}) skipped: empty caption (no tokens)`);
+      skipped.push({ id: ex.id, line: ex.line, reason: 'empty caption (no tokens)' });
       continue;
     }
+    for (const i of imgs) used.add(i);
     records.push({ ...ex.fields, id: ex.id, input_ids: ids, img_fname: ex.image });
   }
+  for (const k of skipped) warnings.push(`record "${k.id}" (line ${k.line}) skipped: ${k.reason}`);
+  if (records.length === 0) {
+    const shown = warnings.slice(0, 5).join('; ');
+    throw new UserDataError(`${opts.jsonl}: no valid record, nothing written (${examples.length} record${examples.length === 1 ? '' : 's'} skipped: ${shown}${warnings.length > 5 ? `; and ${warnings.length - 5} more` : ''})`);
+  }
+
+  // Never replace a store unless asked, and then atomically: both stores are built under a
+  // staging folder and renamed into place.
+  const imgDir = path.join(opts.outDir, 'img_db', name);
   const txtDir = path.join(opts.outDir, 'txt_db', `${name}.db`);
-  const meta = {
-    bert: 'bert-base-cased',
-    UNK: tokenizer.unk,
-    CLS: tokenizer.cls,
-    SEP: tokenizer.sep,
-    MASK: tokenizer.mask,
-    v_range: [tokenizer.convertTokensToIds(['!'])[0], tokenizer.vocabSize],
-  };
-  const { count: textCount } = writeTxtDb(txtDir, records, meta);
+  const existing = [imgDir, txtDir].filter((d) => fs.existsSync(d));
+  if (existing.length && !opts.overwrite) throw new UserDataError(`${existing.join(' and ')} already exist${existing.length === 1 ? 's' : ''}; pass --overwrite to replace, or choose another --name or --out`);
+  for (const d of [opts.outDir, path.dirname(imgDir), path.dirname(txtDir)]) {
+    if (fs.existsSync(d) && !fs.statSync(d).isDirectory()) throw new UserDataError(`${d} is a file, not a folder`);
+  }
+  fs.mkdirSync(path.dirname(imgDir), { recursive: true });
+  fs.mkdirSync(path.dirname(txtDir), { recursive: true });
+  const stage = path.join(opts.outDir, `.build-${name}-${process.pid}-${Date.now()}`);
+  fs.mkdirSync(stage);
+  let imageCount: number;
+  let textCount: number;
+  try {
+    function* images(): Generator<ImageFeatures> {
+      for (const img of wanted) {
+        if (!used.has(img)) continue;
+        const f = readBUTDNpz(path.join(opts.imagesDir, img));
+        yield { fname: img, features: f.features, normBb: f.normBb, conf: f.conf, softLabels: f.softLabels, numBoxes: f.numBoxes };
+      }
+    }
+    imageCount = writeImgDb(path.join(stage, 'img'), images(), { confTh: opts.confTh, maxBb: opts.maxBb, minBb: opts.minBb, compress: opts.compress }).count;
+    const meta = {
+      bert: 'bert-base-cased',
+      UNK: tokenizer.unk,
+      CLS: tokenizer.cls,
+      SEP: tokenizer.sep,
+      MASK: tokenizer.mask,
+      v_range: [tokenizer.convertTokensToIds(['!'])[0], tokenizer.vocabSize],
+    };
+    textCount = writeTxtDb(path.join(stage, 'txt'), records, meta).count;
+    for (const [from, to] of [['img', imgDir], ['txt', txtDir]] as const) {
+      if (fs.existsSync(to)) fs.renameSync(to, path.join(stage, `old-${from}`));
+      fs.renameSync(path.join(stage, from), to);
+    }
+  } finally {
+    fs.rmSync(stage, { recursive: true, force: true });
+  }
+  if (existing.length) warnings.push(`--overwrite: replaced ${existing.join(' and ')}`);
   return { name, txtDb: txtDir, imgDb: imgDir, texts: textCount, images: imageCount, warnings };
+}
+
+/**
+ * What is wrong with one image's BUTD features on its own, or null: no boxes, a missing
+ * soft_labels array, NaN or infinite values, boxes outside the image, inverted or negative.
+ */
+export function butdProblem(f: Pick<ButdFeatures, 'numBoxes' | 'imgDim' | 'features' | 'normBb' | 'softLabels' | 'conf'>): string | null {
+  if (!(f.numBoxes >= 1)) return 'has no boxes (0 regions)';
+  if (!f.softLabels) return "has no 'soft_labels' array (required: the class distribution of each box)";
+  const bad = f.features.findIndex((v) => !Number.isFinite(v));
+  if (bad >= 0) return `has NaN or infinite features (box ${Math.floor(bad / f.imgDim)}: ${f.features[bad]})`;
+  for (const [field, a] of [['soft_labels', f.softLabels], ['conf', f.conf]] as const) {
+    const i = a.findIndex((v) => !Number.isFinite(v));
+    if (i >= 0) return `has NaN or infinite ${field} (value ${i}: ${a[i]})`;
+  }
+  return boxProblem(f.normBb, f.numBoxes);
+}
+
+/** Sanity of normalised boxes [x1, y1, x2, y2, w, h] (rows of 6): finite, inside [0, 1], x1 <= x2, y1 <= y2, w, h >= 0. */
+export function boxProblem(normBb: Float32Array, n: number): string | null {
+  const TOL = 0.01;
+  for (let b = 0; b < n; b++) {
+    const [x1, y1, x2, y2, w, h] = normBb.subarray(b * 6, b * 6 + 6);
+    const box = `[${[x1, y1, x2, y2].map((v) => +v.toFixed(4)).join(', ')}]`;
+    if (![x1, y1, x2, y2, w, h].every(Number.isFinite)) return `has a NaN or infinite box (box ${b}: ${box})`;
+    if (x2 < x1 || y2 < y1) return `has an inverted box (box ${b}: ${box}; expected x1 <= x2 and y1 <= y2)`;
+    if (w < 0 || h < 0) return `has a box with negative size (box ${b}: w ${w}, h ${h})`;
+    if ([x1, y1, x2, y2].some((v) => v < -TOL || v > 1 + TOL)) return `has a box outside the image (box ${b}: ${box}; expected normalised coordinates in [0, 1])`;
+  }
+  return null;
 }
 
 // ---------------------------------------------------------------------------------------------
 // Inspection
 
 export interface Problem {
-  kind: 'missing image' | 'empty caption' | 'bad features' | 'wrong width' | 'corrupt record' | 'length mismatch';
+  kind: 'missing image' | 'empty caption' | 'bad features' | 'bad boxes' | 'wrong width' | 'corrupt record' | 'length mismatch';
   /** The example id or image name. */
   record: string;
   detail: string;
@@ -323,6 +398,8 @@ export function inspectData(p: string): InspectReport {
           try {
             const rec = db.get(k);
             nbbs.push(rec.nbb);
+            const bp = rec.nbb < 1 ? 'has no boxes (0 regions)' : boxProblem(rec.normBb, rec.nbb);
+            if (bp) problems.push({ kind: 'bad boxes', record: k, detail: `image "${k}" ${bp}` });
           } catch (e) {
             const msg = (e as Error).message;
             const kind: Problem['kind'] = /NaN|infinite/.test(msg) ? 'bad features' : /width/.test(msg) ? 'wrong width' : 'corrupt record';

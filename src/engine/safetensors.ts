@@ -7,6 +7,7 @@
  */
 import * as fs from 'node:fs';
 import { writeFileAtomic } from '../util/atomic.js';
+import { parseJsonStrict } from '../util/json.js';
 import { DType, HostTensor, halfToFloat, numel } from './host.js';
 
 export interface SafetensorsFile {
@@ -35,7 +36,7 @@ export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): Safetensor
   if (hlen > buf.length - 8) throw new SafetensorsError(`${file}: truncated safetensors file (header says ${hlen} bytes, file has ${buf.length - 8})`);
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(Buffer.from(buf.buffer, buf.byteOffset + 8, hlen).toString('utf8'));
+    header = parseJsonStrict(Buffer.from(buf.buffer, buf.byteOffset + 8, hlen).toString('utf8'), 64) as Record<string, unknown>;
   } catch (e) {
     throw new SafetensorsError(`${file}: bad safetensors header: ${(e as Error).message}`);
   }
@@ -43,10 +44,14 @@ export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): Safetensor
   const dataStart = 8 + hlen;
   const dataLen = buf.length - dataStart;
   const tensors = new Map<string, HostTensor>();
+  const spans: { name: string; b: number; e: number }[] = [];
   let metadata: Record<string, string> = {};
   for (const [name, info] of Object.entries(header)) {
     if (name === '__metadata__') {
-      metadata = (info ?? {}) as Record<string, string>;
+      if (typeof info !== 'object' || info === null || Array.isArray(info) || !Object.values(info).every((v) => typeof v === 'string')) {
+        throw new SafetensorsError(`${file}: __metadata__ must be an object of strings, got ${JSON.stringify(info)?.slice(0, 80)}`);
+      }
+      metadata = info as Record<string, string>;
       continue;
     }
     if (typeof info !== 'object' || info === null || Array.isArray(info)) throw new SafetensorsError(`${file}: tensor '${name}': header entry is not an object`);
@@ -61,8 +66,24 @@ export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): Safetensor
     const n = numel(shape);
     if (e - b !== n * ITEM[dtype]) throw new SafetensorsError(`${file}: tensor '${name}' [${shape}] ${dtype} needs ${n * ITEM[dtype]} bytes, offsets give ${e - b}`);
     if (e > dataLen || b < 0) throw new SafetensorsError(`${file}: truncated safetensors file: tensor '${name}' ends at ${e}, data has ${dataLen} bytes`);
-    const bytes = buf.subarray(dataStart + b, dataStart + e);
-    tensors.set(name, decode(dtype, shape, bytes));
+    spans.push({ name, b, e });
+  }
+  // The data section must be exactly the tensors' bytes, back to back: no overlap (two names
+  // sharing bytes would load one tensor's weights as another's), no gaps, no trailing bytes.
+  spans.sort((x, y) => x.b - y.b || x.e - y.e);
+  let end = 0;
+  let prev = '';
+  for (const { name, b, e } of spans) {
+    if (b < end) throw new SafetensorsError(`${file}: tensor '${name}' (bytes ${b}..${e}) overlaps tensor '${prev}' (ends at ${end})`);
+    if (b > end) throw new SafetensorsError(`${file}: gap of ${b - end} bytes before tensor '${name}' (bytes ${end}..${b} belong to no tensor)`);
+    end = e;
+    prev = name;
+  }
+  if (end !== dataLen) throw new SafetensorsError(`${file}: ${dataLen - end} trailing bytes after the last tensor (data section ${dataLen} bytes, tensors end at ${end})`);
+  for (const [name, info] of Object.entries(header)) {
+    if (name === '__metadata__') continue;
+    const { dtype, shape, data_offsets } = info as { dtype: string; shape: number[]; data_offsets: [number, number] };
+    tensors.set(name, decode(dtype, shape, buf.subarray(dataStart + data_offsets[0], dataStart + data_offsets[1])));
   }
   return { tensors, metadata };
 }

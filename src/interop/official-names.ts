@@ -16,6 +16,7 @@
 import { DType, HostTensor } from '../engine/host.js';
 import { PyDict, PyValue, describePy } from './torch-pickle.js';
 import { TorchCheckpointError, TorchDType, TorchTensor } from './torch-tensor.js';
+import { firstNonFinite, indexIn } from '../util/finite.js';
 
 /** alias -> primary for the weights `UniterForPretraining` shares between modules. */
 export const OFFICIAL_TIES: Readonly<Record<string, string>> = {
@@ -97,6 +98,10 @@ export function toOfficialWeights(input: StateDictInput): OfficialWeights {
     origin.set(name, key);
     if (name !== key) renamed.push([key, name]);
     const out = t.dtype === 'float64' ? { dtype: 'float32' as const, shape: t.shape, data: Float32Array.from(t.data as Float64Array) } : t;
+    if (out.data instanceof Float32Array) {
+      const bad = firstNonFinite(out.data);
+      if (bad >= 0) throw new TorchCheckpointError(`${input.file}: tensor '${key}' holds ${out.data[bad]} at ${indexIn(out.shape, bad)} (shape [${out.shape.join(', ')}]); weights must be finite`);
+    }
     const src = input.sourceDtypes.get(key);
     if (src && src !== out.dtype) castOf.set(name, src);
     byOfficial.set(name, out);

@@ -8,6 +8,7 @@
  *   <top>/version       format version; <top>/byteorder ("little" or "big", absent = little)
  */
 import { unzipSync } from 'fflate';
+import { zipStructureProblem } from '../util/zip-check.js';
 import { PyGlobal, PyTuple, PyValue, describePy, unpickle } from './torch-pickle.js';
 import { TorchCheckpointError, TorchDType, TorchStorage } from './torch-tensor.js';
 
@@ -28,6 +29,8 @@ export function isZipFile(buf: Uint8Array): boolean {
 
 export function readTorchZip(buf: Uint8Array, file: string): TorchZipContents {
   let entries: Record<string, Uint8Array>;
+  const problem = zipStructureProblem(buf);
+  if (problem) throw new TorchCheckpointError(`${file}: cannot read the zip archive (${problem}); the file is truncated or not a torch.save checkpoint`);
   try {
     entries = unzipSync(buf);
   } catch (e) {

@@ -13,6 +13,7 @@ import { officialNames } from '../interop/official-names.js';
 import { readTorchCheckpoint } from '../interop/torch-checkpoint.js';
 import { toOfficialWeights } from '../interop/official-names.js';
 import { TIES } from './params.js';
+import { checkFiniteTensors } from '../util/finite.js';
 
 export interface LoadReport {
   source: string;
@@ -26,12 +27,14 @@ export function readWeightsAny(file: string): Map<string, HostTensor> {
   const isDir = fs.statSync(file).isDirectory();
   if (!isDir && /\.(pt|pth|bin|ckpt)$/.test(file)) {
     const ck = readTorchCheckpoint(file);
+    // toOfficialWeights refuses non-finite weights, naming the tensor.
     return toOfficialWeights({ file, tensors: ck.tensors, sourceDtypes: ck.sourceDtypes, ties: ck.ties }).tensors;
   }
   const { tensors } = readUniterWeights(isDir ? file : path.resolve(file));
   const names = officialNames([...tensors.keys()]);
   const out = new Map<string, HostTensor>();
   for (const [k, v] of tensors) out.set(names.get(k) ?? k, v);
+  checkFiniteTensors(file, out);
   return out;
 }
 

@@ -4,6 +4,7 @@
  */
 import { DropoutSeed, Program, compile } from '../engine/runtime.js';
 import type { HostTensor } from '../engine/host.js';
+import { NonFiniteError, firstNonFinite, indexIn } from '../util/finite.js';
 import type { Batch } from '../data/types.js';
 import type { UniterConfig } from './config.js';
 import { HeadName, TIES, allSpecs } from './params.js';
@@ -49,6 +50,19 @@ export class UniterRunner {
     const { program, taskGraph } = this.compiled(task, opts);
     const feeds = prepareFeeds(task, batch, { inference: opts.inference, reRank: opts.reRankMargin != null });
     for (const name of taskGraph.params) feeds.set(name, this.params.get(name)!);
-    return program.run(feeds, opts.dropout);
+    const out = await program.run(feeds, opts.dropout);
+    // Evaluation and inference: a NaN or infinite loss or score is an error, never a result
+    // (a NaN score argmaxes to the first answer). Training steps check their own loss; captured
+    // intermediates (golden parity) may hold masked -inf entries.
+    if (!opts.training && !opts.capture) {
+      for (const [name, t] of out) {
+        if (!(t.data instanceof Float32Array || t.data instanceof Float64Array)) continue;
+        const bad = firstNonFinite(t.data);
+        if (bad >= 0) {
+          throw new NonFiniteError(`task '${task}': output '${name}' holds ${t.data[bad]} at ${indexIn(t.shape, bad)} (batch row ${t.shape.length > 1 ? Math.floor(bad / (t.data.length / t.shape[0])) : 0}); are the weights and inputs finite?`);
+        }
+      }
+    }
+    return out;
   }
 }

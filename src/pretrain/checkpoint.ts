@@ -9,6 +9,12 @@
  *                          state, config and whatever else the caller passes as JSON
  * and `OUT/ckpt/latest` names the newest complete one.
  *
+ * Verification (format version 2): trainer.json records the size and SHA-256 of every data file
+ * and the run's identity (model, data, seed, schedule: whatever the caller passes), and seals
+ * itself with a SHA-256 of its own text (field `checksum`). Loading verifies all of them, so a
+ * flipped byte or an edited step is a damaged checkpoint; `loadLatestCheckpoint` then falls back
+ * to the newest intact one and says so.
+ *
  * Crash safety: the directory is built under a temporary name, every file is fsynced, the
  * directory is renamed into place, and only then is `latest` replaced (atomically). A writer
  * killed at any point leaves `latest` naming the previous good checkpoint. The last K
@@ -16,15 +22,17 @@
  *
  * A model folder (`saveModelFolder`) is the from_pretrained layout: config.json + model.safetensors.
  */
+import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DType, HostTensor, f32, numel } from '../engine/host.js';
-import { readSafetensors } from '../engine/safetensors.js';
+import { parseSafetensors, readSafetensors } from '../engine/safetensors.js';
 import { replaceDirAtomic, writeFileAtomic } from '../util/atomic.js';
 import type { RngState } from '../util/rng.js';
 import type { MixerState } from './mixer.js';
 import type { AdamWStateJson, OptimizerState } from './optimizer.js';
 import { readJsonFile, readJsonObject } from '../util/json.js';
+import { checkFiniteTensor } from '../util/finite.js';
 
 export const MODEL_FILE = 'model.safetensors';
 export const OPTIMIZER_FILE = 'optimizer.safetensors';
@@ -34,7 +42,14 @@ export const LATEST_FILE = 'latest';
 /** Metadata key of model.safetensors holding {alias: stored name} for tied parameters. */
 export const TIES_METADATA_KEY = 'uniter_ties';
 const TRAINER_FORMAT = 'uniter-ts/trainer-state';
-const TRAINER_FORMAT_VERSION = 1;
+const TRAINER_FORMAT_VERSION = 2;
+/** Versions this build reads (1: sizes only, no checksums or identity). */
+const TRAINER_READABLE_VERSIONS = [1, 2];
+
+/** A checkpoint whose files do not match what trainer.json recorded, or that cannot be read. */
+export class CheckpointError extends Error {
+  override name = 'CheckpointError';
+}
 const STEP_DIR = /^step_(\d+)$/;
 
 /** The JSON side of a checkpoint (trainer.json). */
@@ -50,6 +65,8 @@ export interface TrainerState {
   mixer: MixerState | null;
   config: unknown;
   extra: Record<string, unknown>;
+  /** What makes the run this run (model, data, seed, schedule ...); null in version-1 checkpoints. */
+  identity: Record<string, unknown> | null;
 }
 
 export interface CheckpointInput {
@@ -64,6 +81,8 @@ export interface CheckpointInput {
   mixer?: MixerState;
   config?: unknown;
   extra?: Record<string, unknown>;
+  /** The run's identity, verified on resume (see checkIdentity in run-folder.ts). */
+  identity?: Record<string, unknown>;
 }
 
 export interface Checkpoint {
@@ -108,12 +127,16 @@ export function saveCheckpoint(outDir: string, input: CheckpointInput, options: 
   fs.mkdirSync(tmpDir);
   const progress = options.onProgress;
   try {
-    const modelBytes = writeModelSafetensors(path.join(tmpDir, MODEL_FILE), input.params, input.shapes, input.ties ?? {}, progress);
+    const modelHash = createHash('sha256');
+    const modelBytes = writeModelSafetensors(path.join(tmpDir, MODEL_FILE), input.params, input.shapes, input.ties ?? {}, progress, modelHash);
     const files: Record<string, number> = { [MODEL_FILE]: modelBytes };
+    const sha256: Record<string, string> = { [MODEL_FILE]: modelHash.digest('hex') };
     if (input.optimizer) {
-      files[OPTIMIZER_FILE] = writeSafetensorsStreamed(path.join(tmpDir, OPTIMIZER_FILE), input.optimizer.tensors, {}, progress);
+      const h = createHash('sha256');
+      files[OPTIMIZER_FILE] = writeSafetensorsStreamed(path.join(tmpDir, OPTIMIZER_FILE), input.optimizer.tensors, {}, progress, h);
+      sha256[OPTIMIZER_FILE] = h.digest('hex');
     }
-    const trainer: TrainerState & { files: Record<string, number> } = {
+    const trainer: TrainerState & { files: Record<string, number>; sha256: Record<string, string> } = {
       format: TRAINER_FORMAT,
       version: TRAINER_FORMAT_VERSION,
       step: input.step,
@@ -124,9 +147,11 @@ export function saveCheckpoint(outDir: string, input: CheckpointInput, options: 
       mixer: input.mixer ?? null,
       config: input.config ?? null,
       extra: input.extra ?? {},
+      identity: input.identity ?? null,
       files,
+      sha256,
     };
-    writeFileSynced(path.join(tmpDir, TRAINER_FILE), JSON.stringify(trainer, null, 1) + '\n');
+    writeFileSynced(path.join(tmpDir, TRAINER_FILE), sealTrainerJson(trainer as unknown as Record<string, unknown>));
     syncDir(tmpDir);
   } catch (e) {
     fs.rmSync(tmpDir, { recursive: true, force: true });
@@ -164,57 +189,102 @@ export function listCheckpoints(outDir: string): Array<{ step: number; dir: stri
 /**
  * The checkpoint `OUT/ckpt/latest` names, or null when there is none. If the pointer is
  * missing (or names a directory that a crash during a same-step re-save left absent), the
- * newest step directory is used. A checkpoint that exists but cannot be read is an error.
+ * newest step directory is used. A checkpoint that fails verification (damaged, truncated,
+ * edited) is skipped for the newest older one that passes, and `onFallback` is told why (default:
+ * a line on stderr); when none passes, the error lists every checkpoint and its problem.
  */
-export function loadLatestCheckpoint(outDir: string, options: { loadOptimizer?: boolean } = {}): Checkpoint | null {
+export function loadLatestCheckpoint(outDir: string, options: { loadOptimizer?: boolean; onFallback?: (message: string) => void } = {}): Checkpoint | null {
   const root = checkpointRoot(outDir);
   const pointer = path.join(root, LATEST_FILE);
+  const candidates: string[] = [];
   if (fs.existsSync(pointer)) {
     const name = fs.readFileSync(pointer, 'utf8').trim();
     if (!STEP_DIR.test(name)) throw new Error(`${pointer}: expected a checkpoint name like 'step_1000', got '${name.slice(0, 80)}'`);
     const dir = path.join(root, name);
-    if (fs.existsSync(dir)) return loadCheckpoint(dir, options);
+    if (fs.existsSync(dir)) candidates.push(dir);
   }
-  const all = listCheckpoints(outDir);
-  if (all.length === 0) return null;
-  return loadCheckpoint(all[all.length - 1].dir, options);
+  // Then older ones, newest first; none newer than the pointer's (its commit did not finish).
+  const pointedStep = candidates.length ? Number(STEP_DIR.exec(path.basename(candidates[0]))![1]) : Infinity;
+  for (const c of listCheckpoints(outDir).reverse()) if (c.step < pointedStep) candidates.push(c.dir);
+  if (candidates.length === 0) return null;
+  const problems: string[] = [];
+  for (const dir of candidates) {
+    try {
+      const ck = loadCheckpoint(dir, options);
+      if (problems.length) {
+        const say = options.onFallback ?? ((m: string) => process.stderr.write(m + '\n'));
+        say(`checkpoint fallback: ${problems.join('; ')}; resuming from ${dir} (step ${ck.step}), the newest intact checkpoint`);
+      }
+      return ck;
+    } catch (e) {
+      problems.push(`${dir} is damaged (${(e as Error).message})`);
+    }
+  }
+  throw new CheckpointError(`no intact checkpoint in ${root}: ${problems.join('; ')}`);
 }
 
 /** Read one checkpoint directory. */
 export function loadCheckpoint(dir: string, options: { loadOptimizer?: boolean } = {}): Checkpoint {
   const trainerFile = path.join(dir, TRAINER_FILE);
-  const trainer = readTrainerState(trainerFile);
-  checkRecordedSizes(dir, trainerFile, (options.loadOptimizer ?? true) ? [MODEL_FILE, OPTIMIZER_FILE] : [MODEL_FILE]);
-  const { params, shapes, ties } = readModelSafetensors(path.join(dir, MODEL_FILE));
+  const { state: trainer, files, sha256 } = readTrainerState(trainerFile);
+  const modelBytes = readVerified(dir, MODEL_FILE, files, sha256);
+  const { params, shapes, ties } = readModelSafetensors(path.join(dir, MODEL_FILE), modelBytes);
   let optimizer: OptimizerState | null = null;
   if ((options.loadOptimizer ?? true) && trainer.optimizer) {
     const file = path.join(dir, OPTIMIZER_FILE);
-    if (!fs.existsSync(file)) throw new Error(`${dir}: ${TRAINER_FILE} has optimizer state but ${OPTIMIZER_FILE} is missing`);
-    optimizer = { tensors: readSafetensors(file).tensors, json: trainer.optimizer };
+    if (!fs.existsSync(file)) throw new CheckpointError(`${dir}: ${TRAINER_FILE} has optimizer state but ${OPTIMIZER_FILE} is missing`);
+    optimizer = { tensors: parseSafetensors(readVerified(dir, OPTIMIZER_FILE, files, sha256), file).tensors, json: trainer.optimizer };
   }
   return { dir, step: trainer.step, params, shapes, ties, optimizer, trainer };
 }
 
-/** trainer.json records each data file's size; a mismatch means the directory was damaged after the write. */
-function checkRecordedSizes(dir: string, trainerFile: string, names: string[]): void {
-  const recorded = (JSON.parse(fs.readFileSync(trainerFile, 'utf8')) as { files?: Record<string, number> }).files ?? {};
-  for (const name of names) {
-    const expected = recorded[name];
-    if (expected === undefined) continue;
-    const file = path.join(dir, name);
-    const actual = fs.existsSync(file) ? fs.statSync(file).size : -1;
-    if (actual !== expected) throw new Error(`${file}: ${actual < 0 ? 'missing' : `${actual} bytes`}, but ${TRAINER_FILE} recorded ${expected} bytes (damaged checkpoint)`);
+/**
+ * A data file's bytes, checked against the size and SHA-256 trainer.json recorded; a mismatch
+ * means the directory was damaged (or edited) after the write.
+ */
+function readVerified(dir: string, name: string, sizes: Record<string, number>, sha256: Record<string, string>): Buffer {
+  const file = path.join(dir, name);
+  const expected = sizes[name];
+  const actual = fs.existsSync(file) ? fs.statSync(file).size : -1;
+  if (expected !== undefined && actual !== expected) throw new CheckpointError(`${file}: ${actual < 0 ? 'missing' : `${actual} bytes`}, but ${TRAINER_FILE} recorded ${expected} bytes (damaged checkpoint)`);
+  let bytes: Buffer;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    throw new CheckpointError(`${file}: cannot read (${(e as Error).message})`);
   }
+  const want = sha256[name];
+  if (want !== undefined) {
+    const got = createHash('sha256').update(bytes).digest('hex');
+    if (got !== want) throw new CheckpointError(`${file}: SHA-256 ${got.slice(0, 16)}... differs from ${want.slice(0, 16)}... recorded in ${TRAINER_FILE} (damaged or modified checkpoint)`);
+  }
+  return bytes;
 }
 
-function readTrainerState(file: string): TrainerState {
-  const t = readJsonFile(file, 'trainer state') as Partial<TrainerState> | null;
-  if (!t || typeof t !== 'object' || t.format !== TRAINER_FORMAT) throw new Error(`${file}: not a uniter-ts trainer state (field 'format' should be '${TRAINER_FORMAT}')`);
-  if (t.version !== TRAINER_FORMAT_VERSION) throw new Error(`${file}: field 'version' is ${String(t.version)}, this build reads version ${TRAINER_FORMAT_VERSION}`);
-  if (!(Number.isInteger(t.step) && (t.step as number) >= 0)) throw new Error(`${file}: field 'step' must be an integer >= 0, got ${JSON.stringify(t.step)}`);
-  return {
+/** trainer.json text sealed with the SHA-256 of its own content (field `checksum`, last). */
+function sealTrainerJson(trainer: Record<string, unknown>): string {
+  const body = JSON.stringify(trainer, null, 1);
+  return JSON.stringify({ ...trainer, checksum: sha256Hex(body) }, null, 1) + '\n';
+}
+
+function sha256Hex(text: string): string {
+  return createHash('sha256').update(text, 'utf8').digest('hex');
+}
+
+function readTrainerState(file: string): { state: TrainerState; files: Record<string, number>; sha256: Record<string, string> } {
+  const t = readJsonFile(file, 'trainer state', (m) => new CheckpointError(m)) as (Partial<TrainerState> & { files?: Record<string, number>; sha256?: Record<string, string>; checksum?: unknown }) | null;
+  if (!t || typeof t !== 'object' || t.format !== TRAINER_FORMAT) throw new CheckpointError(`${file}: not a uniter-ts trainer state (field 'format' should be '${TRAINER_FORMAT}')`);
+  if (!TRAINER_READABLE_VERSIONS.includes(t.version as number)) throw new CheckpointError(`${file}: field 'version' is ${String(t.version)}, this build reads versions ${TRAINER_READABLE_VERSIONS.join(' and ')}`);
+  if (t.version !== 1) {
+    // Version 2 seals the file: any edit (a step, a learning rate, a recorded checksum) shows.
+    const { checksum, ...rest } = t;
+    if (typeof checksum !== 'string') throw new CheckpointError(`${file}: field 'checksum' is missing (version ${String(t.version)} trainer states are sealed)`);
+    if (sha256Hex(JSON.stringify(rest, null, 1)) !== checksum) throw new CheckpointError(`${file}: content does not match its checksum (edited or damaged trainer state)`);
+  }
+  if (!(Number.isInteger(t.step) && (t.step as number) >= 0)) throw new CheckpointError(`${file}: field 'step' must be an integer >= 0, got ${JSON.stringify(t.step)}`);
+  const state: TrainerState = {
     format: TRAINER_FORMAT,
-    version: t.version,
+    version: t.version as number,
     step: t.step as number,
     savedAt: String(t.savedAt ?? ''),
     optimizer: t.optimizer ?? null,
@@ -223,7 +293,9 @@ function readTrainerState(file: string): TrainerState {
     mixer: t.mixer ?? null,
     config: t.config ?? null,
     extra: t.extra ?? {},
+    identity: (t.identity as Record<string, unknown> | undefined) ?? null,
   };
+  return { state, files: t.files ?? {}, sha256: t.sha256 ?? {} };
 }
 
 /** Write the from_pretrained folder layout (config.json + model.safetensors), replacing `dir` atomically. */
@@ -245,7 +317,7 @@ export function loadModelFolder(dir: string): { config: Record<string, unknown>;
  * name) plus any two names that share the same Float32Array (the later one becomes the alias).
  * Returns the file size.
  */
-export function writeModelSafetensors(file: string, params: Map<string, Float32Array>, shapes: Map<string, number[]>, ties: Record<string, string>, onProgress?: (e: CheckpointProgress) => void): number {
+export function writeModelSafetensors(file: string, params: Map<string, Float32Array>, shapes: Map<string, number[]>, ties: Record<string, string>, onProgress?: (e: CheckpointProgress) => void, hash?: Hash): number {
   const allTies: Record<string, string> = { ...ties };
   for (const [alias, target] of Object.entries(ties)) {
     if (!params.has(target)) throw new Error(`${file}: tie '${alias}' -> '${target}' names a parameter that is not in the parameter map`);
@@ -269,7 +341,7 @@ export function writeModelSafetensors(file: string, params: Map<string, Float32A
   }
   const metadata: Record<string, string> = { format: 'pt' };
   if (Object.keys(allTies).length) metadata[TIES_METADATA_KEY] = JSON.stringify(allTies);
-  return writeSafetensorsStreamed(file, tensors, metadata, onProgress);
+  return writeSafetensorsStreamed(file, tensors, metadata, onProgress, hash);
 }
 
 /** The parameter map with every tied alias added as a second name for its stored array (shared, not copied). */
@@ -284,12 +356,13 @@ export function withTiedAliases(params: Map<string, Float32Array>, ties: Record<
 }
 
 /** Read a model file written by writeModelSafetensors (or any float safetensors file). Aliases are not expanded. */
-export function readModelSafetensors(file: string): { params: Map<string, Float32Array>; shapes: Map<string, number[]>; ties: Record<string, string> } {
-  const { tensors, metadata } = readSafetensors(file);
+export function readModelSafetensors(file: string, bytes?: Uint8Array): { params: Map<string, Float32Array>; shapes: Map<string, number[]>; ties: Record<string, string> } {
+  const { tensors, metadata } = bytes ? parseSafetensors(bytes, file) : readSafetensors(file);
   const params = new Map<string, Float32Array>();
   const shapes = new Map<string, number[]>();
   for (const [name, t] of tensors) {
     if (!(t.data instanceof Float32Array)) throw new Error(`${file}: tensor '${name}' is ${t.dtype}, expected a float parameter`);
+    checkFiniteTensor(file, name, t.data, t.shape);
     params.set(name, t.data);
     shapes.set(name, t.shape);
   }
@@ -319,7 +392,7 @@ const WRITE_CHUNK = 8 << 20;
  * model's moments are ~0.9 GB), in the layout of engine/safetensors.ts (tensors ordered by item
  * size then name, header padded to 8 bytes), then fsynced. Returns the file size.
  */
-function writeSafetensorsStreamed(file: string, tensors: Map<string, HostTensor>, metadata: Record<string, string>, onProgress?: (e: CheckpointProgress) => void): number {
+function writeSafetensorsStreamed(file: string, tensors: Map<string, HostTensor>, metadata: Record<string, string>, onProgress?: (e: CheckpointProgress) => void, hash?: Hash): number {
   const entries = [...tensors].map(([name, t]) => {
     if (t.data.length !== numel(t.shape)) throw new Error(`${file}: tensor '${name}' has ${t.data.length} values, shape [${t.shape}] needs ${numel(t.shape)}`);
     return { name, t, item: ITEM_SIZE[t.dtype] };
@@ -346,6 +419,7 @@ function writeSafetensorsStreamed(file: string, tensors: Map<string, HostTensor>
     const put = (bytes: Uint8Array): void => {
       for (let pos = 0; pos < bytes.length; ) {
         const n = fs.writeSync(fd, bytes, pos, Math.min(WRITE_CHUNK, bytes.length - pos));
+        hash?.update(bytes.subarray(pos, pos + n));
         pos += n;
         written += n;
         onProgress?.({ phase: 'write', file: base, bytes: written, totalBytes: total });

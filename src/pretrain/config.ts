@@ -266,8 +266,9 @@ class Validator {
   int(obj: Record<string, unknown>, key: string, min: number): number | null {
     const v = this.required(obj, key);
     if (v === undefined) return null;
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < min) {
-      this.issue(key, `expected an integer >= ${min}, got ${describe(v)}`);
+    // Safe integers only: 1e308 "is an integer" but no loop counts to it, and above 2^53 steps and sizes stop being exact.
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) {
+      this.issue(key, `expected an integer >= ${min}${typeof v === 'number' && v > Number.MAX_SAFE_INTEGER ? ' and <= 2^53 - 1' : ''}, got ${describe(v)}`);
       return null;
     }
     return v;

@@ -21,6 +21,7 @@ import { TaskMixer, mixName, parseMixName } from './mixer.js';
 import { learningRateAt } from './schedule.js';
 import { loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from './checkpoint.js';
 import { JsonlLogger, ProgressDisplay } from './progress.js';
+import { RUN_FILE, checkIdentity, claimRunFolder } from './run-folder.js';
 import { evaluateTask, TaskMetrics } from './validate.js';
 import type { TrainLoopSettings } from './settings.js';
 
@@ -63,6 +64,41 @@ export interface PretrainOptions {
   runConfig?: unknown;
   threads?: number;
   onStep?: (info: StepInfo) => void;
+  /** Replace a run already in outDir (without it, a new run refuses a folder holding one). */
+  overwrite?: boolean;
+  /** Identity fields (see runIdentity) allowed to differ from the recorded run on resume. */
+  allowChanged?: readonly string[];
+  /** Messages (fallback to an older checkpoint, replaced runs, allowed changes); default stderr unless quiet. */
+  say?: (message: string) => void;
+}
+
+/**
+ * What makes a pre-training run this run: the model, the training data and task mix, and every
+ * setting that changes the trajectory (not the logging, validation or checkpoint cadence).
+ * Field names are the official config names (`lr` for the learning rate, `steps` for
+ * num_train_steps), as `--allow-changed` takes them.
+ */
+export function runIdentity(cfg: UniterConfig, s: TrainSettings, train: readonly PretrainSource[]): Record<string, unknown> {
+  return {
+    model: cfg,
+    data: train.map((d) => ({ name: d.name, tasks: d.tasks, mix_ratio: d.mix_ratio ?? null })),
+    lr: s.learningRate,
+    lr_schedule: s.schedule,
+    warmup_steps: s.warmupSteps,
+    steps: s.steps,
+    seed: s.seed,
+    train_batch_size: s.trainBatchTokens,
+    gradient_accumulation_steps: s.accumulation,
+    grad_norm: s.gradNorm,
+    weight_decay: s.weightDecay,
+    betas: s.betas,
+    max_txt_len: s.maxTxtLen,
+    mrm_prob: s.mrmProb,
+    itm_neg_prob: s.itmNegProb,
+    itm_ot_lambda: s.otLambda,
+    joint_masking: s.jointMasking,
+    lr_multipliers: s.lrMultipliers ?? {},
+  };
 }
 
 export interface StepInfo {
@@ -108,6 +144,10 @@ export function otOptions(s: TrainSettings): OtOptions | null {
 export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
   const { modelConfig: cfg, settings: s } = opts;
   const t0 = Date.now();
+  const say = opts.say ?? ((m: string) => (opts.quiet ? undefined : process.stderr.write(m + '\n')));
+  const identity = runIdentity(cfg, s, opts.train);
+  const claim = { resume: opts.resume, overwrite: opts.overwrite, identity, allowChanged: opts.allowChanged, say };
+  const recorded = claimRunFolder(opts.outDir, claim);
   fs.mkdirSync(opts.outDir, { recursive: true });
   const specs = allSpecs(cfg, 'pretrain').filter((p) => !TIES[p.name]);
   const params = initParams(specs, cfg.initializer_range, s.seed);
@@ -140,7 +180,10 @@ export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
 
   let step = 0;
   if (opts.resume) {
-    const ck = loadLatestCheckpoint(opts.outDir, { loadOptimizer: true });
+    const ck = loadLatestCheckpoint(opts.outDir, { loadOptimizer: true, onFallback: say });
+    // The checkpoint's own record wins (it is what the state was produced with), then run.json.
+    if (ck?.trainer.identity) checkIdentity(opts.outDir, path.join(ck.dir, 'trainer.json'), ck.trainer.identity, claim);
+    else if (recorded) checkIdentity(opts.outDir, path.join(opts.outDir, RUN_FILE), recorded, claim);
     if (ck) {
       for (const [k, v] of ck.params) {
         const p = params.get(k);
@@ -187,6 +230,7 @@ export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
         mixer: mixer.state(),
         samplers: Object.fromEntries([...loaders].map(([k, l]) => [k, l.state()])),
         config: { model: cfg, run: opts.runConfig ?? null },
+        identity,
       },
       { keepLast: s.keepCheckpoints },
     );

@@ -38,9 +38,9 @@ test('gatherIndex matches the spec example', () => {
 
 test('collateRows pads text with 0, regions with zeros and builds compact masks', () => {
   const rng = new Rng(1);
-  const rows = [row(rng, 4, 2), row(rng, 3, 3), row(rng, 5, 0)];
+  const rows = [row(rng, 4, 2), row(rng, 3, 3), row(rng, 5, 1)];
   const { batch, layout } = collateRows(rows);
-  assert.deepEqual(layout, { txtLens: [4, 3, 5], numBbs: [2, 3, 0], maxTl: 5, maxNbb: 3, jointLen: 6, imgDim: DIM });
+  assert.deepEqual(layout, { txtLens: [4, 3, 5], numBbs: [2, 3, 1], maxTl: 5, maxNbb: 3, jointLen: 6, imgDim: DIM });
   const ids = batch.get('input_ids')!;
   assert.equal(ids.dtype, 'int64');
   assert.deepEqual(ids.shape, [3, 5]);
@@ -51,21 +51,21 @@ test('collateRows pads text with 0, regions with zeros and builds compact masks'
   assert.deepEqual(feat.shape, [3, 3, DIM]);
   assert.deepEqual(toNumbers(feat).slice(0, 2 * DIM), Array.from(rows[0].imgFeat));
   assert.ok(toNumbers(feat).slice(2 * DIM, 3 * DIM).every((v) => v === 0), 'region padding is zero');
-  assert.ok(toNumbers(feat).slice(6 * DIM).every((v) => v === 0), 'a row without regions is all padding');
+  assert.deepEqual(toNumbers(feat).slice(6 * DIM, 7 * DIM), Array.from(rows[2].imgFeat));
+  assert.ok(toNumbers(feat).slice(7 * DIM).every((v) => v === 0), 'a row with one region is padded after it');
   assert.deepEqual(batch.get('img_pos_feat')!.shape, [3, 3, 7]);
   assert.equal(batch.get('attn_masks')!.dtype, 'int64');
-  assert.deepEqual(toNumbers(batch.get('attn_masks')!), [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0]);
+  assert.deepEqual(toNumbers(batch.get('attn_masks')!), [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]);
   assert.deepEqual(toNumbers(batch.get('gather_index')!), [0, 1, 2, 3, 5, 6, 0, 1, 2, 5, 6, 7, 0, 1, 2, 3, 4, 5]);
   assert.ok(!batch.has('txt_type_ids') && !batch.has('img_type_ids'));
-  assert.deepEqual(batchLengths(batch), { txtLens: [4, 3, 5], numBbs: [2, 3, 0] });
+  assert.deepEqual(batchLengths(batch), { txtLens: [4, 3, 5], numBbs: [2, 3, 1] });
 });
 
 test('batchLengths recovers lengths for random batches (rows whose text fills Lt included)', () => {
   const rng = new Rng(2);
   for (let trial = 0; trial < 50; trial++) {
     const b = 1 + rng.int(6);
-    const rows = Array.from({ length: b }, () => row(rng, 2 + rng.int(8), rng.int(5)));
-    if (rows.every((r) => r.nbb === 0)) rows[0] = row(rng, 3, 1);
+    const rows = Array.from({ length: b }, () => row(rng, 2 + rng.int(8), 1 + rng.int(4)));
     const { batch, layout } = collateRows(rows);
     assert.deepEqual(batchLengths(batch), { txtLens: layout.txtLens, numBbs: layout.numBbs });
   }
@@ -88,8 +88,9 @@ test('collateRows rejects inconsistent inputs with clear errors', () => {
   const r = row(rng, 3, 2);
   assert.throws(() => collateRows([r, { ...r, imgFeat: new Float32Array(2 * (DIM + 1)) }]), /row 1 img_feat has 12 values, expected 2 x 5/);
   assert.throws(() => collateRows([{ ...r, imgPosFeat: new Float32Array(6) }]), /row 0 img_pos_feat has 6 values, expected 2 x 7/);
-  assert.throws(() => collateRows([row(rng, 3, 0)]), /pass imgDim/);
-  assert.deepEqual(collateRows([row(rng, 3, 0)], DIM).batch.get('img_feat')!.shape, [1, 0, DIM]);
+  // Every example needs regions (issue 15, case 6): alone or inside a batch.
+  assert.throws(() => collateRows([row(rng, 3, 0)], DIM), /row 0 has 0 image regions/);
+  assert.throws(() => collateRows([r, row(rng, 3, 0)]), /row 1 has 0 image regions/);
 });
 
 test('mlm collate: labels padded with -1 and flat positions of the labelled slots', () => {

@@ -86,7 +86,7 @@ test('build: writes both stores, skips unusable records with warnings naming the
     const warn = (id: string, what: RegExp) => assert.ok(report.warnings.some((w) => w.includes(`record "${id}"`) && what.test(w)), `${id}: ${report.warnings.join(' | ')}`);
     warn('missing', /image "nope\.npz" not found/);
     warn('empty', /empty caption/);
-    warn('nan', /NaN or infinite features \(row 3\)/);
+    warn('nan', /NaN or infinite features \(box 3: NaN\)/);
     warn('wide', /feature width 32/);
     warn('junk', /unreadable/);
 

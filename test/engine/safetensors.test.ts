@@ -212,3 +212,39 @@ test('reads the golden fixture weights written by PyTorch', () => {
     assert.ok(data.every(Number.isFinite), `${name} is finite`);
   }
 });
+
+// Issue 15, case 4: the data section must be exactly the tensors, back to back, under unique names.
+test('strict reader: overlapping tensors are refused, naming both (case 4)', () => {
+  const data = new Uint8Array(8);
+  const bytes = handMade({ a: { dtype: 'F32', shape: [2], data_offsets: [0, 8] }, b: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, data);
+  assert.throws(() => parseSafetensors(bytes, 'x.safetensors'), (e: Error) => e instanceof SafetensorsError && /x\.safetensors: tensor 'b' .*overlaps tensor 'a'/.test(e.message));
+});
+
+test('strict reader: gaps and trailing bytes are refused (case 4)', () => {
+  const gap = handMade({ a: { dtype: 'F32', shape: [1], data_offsets: [4, 8] } }, new Uint8Array(8));
+  assert.throws(() => parseSafetensors(gap, 'g.safetensors'), /g\.safetensors: gap of 4 bytes before tensor 'a'/);
+  const trailing = handMade({ a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(5));
+  assert.throws(() => parseSafetensors(trailing, 't.safetensors'), /t\.safetensors: 1 trailing bytes after the last tensor/);
+  // Zero-sized tensors share an offset without overlapping anything.
+  const empties = handMade({ e1: { dtype: 'F32', shape: [0], data_offsets: [0, 0] }, e2: { dtype: 'F32', shape: [0, 3], data_offsets: [0, 0] }, a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(4));
+  assert.deepEqual([...parseSafetensors(empties).tensors.keys()].sort(), ['a', 'e1', 'e2']);
+});
+
+test('strict reader: duplicate header keys are refused, not resolved by JSON.parse (case 4)', () => {
+  const json = '{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}';
+  const padded = json + ' '.repeat((8 - (json.length % 8)) % 8);
+  const out = new Uint8Array(8 + padded.length + 8);
+  new DataView(out.buffer).setBigUint64(0, BigInt(padded.length), true);
+  out.set(Buffer.from(padded, 'latin1'), 8);
+  assert.throws(() => parseSafetensors(out, 'd.safetensors'), /d\.safetensors: bad safetensors header: duplicate key "a"/);
+  // An escaped spelling of the same name is the same key.
+  const esc = padded.replace('"a":{"dtype":"F32","shape":[1],"data_offsets":[4', '"\\u0061":{"dtype":"F32","shape":[1],"data_offsets":[4');
+  const out2 = new Uint8Array(out);
+  out2.set(Buffer.from(esc.slice(0, padded.length), 'latin1'), 8);
+  assert.throws(() => parseSafetensors(out2), /duplicate key "a"/);
+});
+
+test('strict reader: metadata must be strings', () => {
+  const bytes = handMade({ __metadata__: { n: 3 }, a: { dtype: 'F32', shape: [1], data_offsets: [0, 4] } }, new Uint8Array(4));
+  assert.throws(() => parseSafetensors(bytes, 'm.safetensors'), /m\.safetensors: __metadata__ must be an object of strings/);
+});
