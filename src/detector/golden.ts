@@ -76,7 +76,7 @@ export async function checkDetectorGolden(dir: string, opts: { threads?: number 
     const storedRows = (stage: string) => expected.get(`${prefix}${stage}`)?.shape[0];
     const { stages } = await detector.trace(image, { pooledRows: storedRows('roi/pooled') ?? 8, res5Rows: storedRows('roi/res5') ?? 2 });
     for (const [k, v] of stages) computed.set(`${prefix}${k}`, v);
-    rows.push(...compareImage(prefix, own, stages, expected));
+    rows.push(...compareImage(prefix, own, stages, expected, (manifest.tie_eps ?? {}) as TieEps));
   }
   return { rows, computed, failures: rows.filter((r) => !r.ok).length };
 }
@@ -89,10 +89,59 @@ function maxMagnitude(t: HostTensor): number {
   return m;
 }
 
-/** Rows exempt per tensor family, from the fixture's diag/fragile_* lists (proposal indices). */
-function fragileRows(prefix: string, expected: Map<string, HostTensor>): { roipool: Set<number>; fg: Set<number>; all: Set<number>; attr: Set<number> } {
-  const get = (n: string) => new Set(Array.from(expected.get(`${prefix}diag/${n}`)?.data ?? [], Number));
-  return { roipool: get('fragile_roipool'), fg: get('fragile_fg_argmax'), all: get('fragile_all_argmax'), attr: get('fragile_attr_argmax') };
+interface TieEps {
+  argmax_logit?: number;
+  roi_round?: number;
+}
+
+/**
+ * Rows exempt per tensor family (proposal indices): the fixture's diag/fragile_* lists, or, for
+ * a fixture made without them, the same near ties found from its expected tensors with its
+ * manifest's tie_eps (arg-max top-2 logit gaps, RoIPool coordinates near a rounding boundary).
+ */
+function fragileRows(prefix: string, expected: Map<string, HostTensor>, eps: TieEps): { roipool: Set<number>; fg: Set<number>; all: Set<number>; attr: Set<number> } {
+  const listed = (n: string) => expected.get(`${prefix}diag/${n}`);
+  const set = (t: HostTensor) => new Set(Array.from(t.data, Number));
+  const logits = (n: string) => expected.get(`${prefix}roi/${n}`);
+  const gaps = (n: string, dropLast: boolean) => {
+    const t = logits(n);
+    if (!t || eps.argmax_logit === undefined) return new Set<number>();
+    const [rows, cols] = t.shape;
+    const out = new Set<number>();
+    for (let r = 0; r < rows; r++) {
+      let a = -Infinity;
+      let b = -Infinity;
+      for (let c = 0; c < cols - (dropLast ? 1 : 0); c++) {
+        const v = num(t, r * cols + c);
+        if (v > a) [a, b] = [v, a];
+        else if (v > b) b = v;
+      }
+      if (a - b < eps.argmax_logit) out.add(r);
+    }
+    return out;
+  };
+  const roiRound = () => {
+    const props = expected.get(`${prefix}rpn/proposals`);
+    const size = expected.get(`${prefix}preprocess/image_size`);
+    const out = new Set<number>();
+    if (!props || !size || eps.roi_round === undefined) return out;
+    const [h, w] = [num(size, 0), num(size, 1)];
+    for (let r = 0; r < props.shape[0]; r++) {
+      for (let c = 0; c < 4; c++) {
+        const v = num(props, r * 4 + c);
+        if (v <= 0 || v >= (c % 2 === 0 ? w : h)) continue; // clipped coordinates are exact
+        const g = v / 16;
+        if (Math.abs(g - Math.floor(g) - 0.5) < eps.roi_round) out.add(r);
+      }
+    }
+    return out;
+  };
+  return {
+    roipool: listed('fragile_roipool') ? set(listed('fragile_roipool')!) : roiRound(),
+    fg: listed('fragile_fg_argmax') ? set(listed('fragile_fg_argmax')!) : gaps('cls_logits', true),
+    all: listed('fragile_all_argmax') ? set(listed('fragile_all_argmax')!) : gaps('cls_logits', false),
+    attr: listed('fragile_attr_argmax') ? set(listed('fragile_attr_argmax')!) : gaps('attr_logits', true),
+  };
 }
 
 function exemptFor(stage: string, fr: ReturnType<typeof fragileRows>): Set<number> {
@@ -105,9 +154,9 @@ function exemptFor(stage: string, fr: ReturnType<typeof fragileRows>): Set<numbe
   return s;
 }
 
-function compareImage(prefix: string, rules: Array<[string, TensorRule]>, got: Map<string, HostTensor>, expected: Map<string, HostTensor>): DetectorGoldenRow[] {
+function compareImage(prefix: string, rules: Array<[string, TensorRule]>, got: Map<string, HostTensor>, expected: Map<string, HostTensor>, eps: TieEps): DetectorGoldenRow[] {
   const rows: DetectorGoldenRow[] = [];
-  const fr = fragileRows(prefix, expected);
+  const fr = fragileRows(prefix, expected, eps);
   const stage = (name: string) => name.slice(prefix.length);
 
   // Proposals: match each expected box to one of ours.

@@ -79,3 +79,25 @@ test('a fixture whose weights miss a tensor or hold NaN is refused, naming the t
   writeSafetensors(file, w.tensors, w.metadata);
   await assert.rejects(checkDetectorGolden(dir), /missing.*proposal_generator\.rpn_head\.conv\.bias/);
 });
+
+test('a fixture without diag/fragile_* lists: near ties are found from its tie_eps and exempt only their rows', async () => {
+  const dir = copyFixture();
+  const file = path.join(dir, 'outputs.safetensors');
+  const out = readSafetensors(file);
+  for (const name of [...out.tensors.keys()]) if (name.includes('/diag/')) out.tensors.delete(name);
+  const cls = out.tensors.get('img0/det/max_classes')!;
+  (cls.data as BigInt64Array)[3] += 1n;
+  writeSafetensors(file, out.tensors, out.metadata);
+  const manifestFile = path.join(dir, 'manifest.json');
+  const manifest = JSON.parse(fs.readFileSync(manifestFile, 'utf8'));
+  for (const name of Object.keys(manifest.tensors)) if (name.includes('/diag/')) delete manifest.tensors[name];
+  fs.writeFileSync(manifestFile, JSON.stringify(manifest));
+  // The fixture's own eps: no tie is that close, so the changed arg-max fails.
+  let report = await checkDetectorGolden(dir, { threads: 1 });
+  assert.deepEqual(report.rows.filter((r) => !r.ok).map((r) => r.name), ['img0/det/max_classes']);
+  // An eps wider than every gap makes every arg-max fragile: the row is exempt, nothing fails.
+  manifest.tie_eps.argmax_logit = 1e3;
+  fs.writeFileSync(manifestFile, JSON.stringify(manifest));
+  report = await checkDetectorGolden(dir, { threads: 1 });
+  assert.equal(report.failures, 0);
+});
