@@ -31,7 +31,7 @@ const USAGE = `serve [--model DIR] [--detector DIR] [--port 8080] [--host 127.0.
   --threads N      ONNX Runtime threads of each worker
   --queue N        requests that may wait; beyond that the API answers 503`;
 
-const NOTE = 'Serving the tiny model the main job pre-trained on the synthetic world; its pictures are painted from each scene\'s shapes, colours and boxes. For real photos: convert an official checkpoint (uniter convert uniter-base.pt my-model/ [--ans2label ans2label.json]) and serve it with a detector folder: uniter serve --model my-model --detector my-detector.';
+const NOTE = 'Serving the tiny model the main job pre-trained on the synthetic world; its pictures are painted from each scene\'s shapes, colours and boxes. For real photos: convert an official checkpoint (uniter convert uniter-base.pt my-model/ --num-heads 12 [--ans2label ans2label.json]) and serve it with a detector folder: uniter serve --model my-model --detector my-detector.';
 
 function positiveInt(v: string | undefined, flag: string): number | undefined {
   if (v === undefined) return undefined;

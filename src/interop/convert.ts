@@ -137,7 +137,7 @@ export function convertTorchCheckpoint(
   }
   if (given?.json.num_attention_heads === undefined) {
     const hidden = official.tensors.get('uniter.embeddings.word_embeddings.weight')?.shape[1];
-    const known = hidden === 768 ? ' (UNITER-base has 12 heads: --num-heads 12 or --config configs/uniter-base.json)' : hidden === 1024 ? ' (UNITER-large has 16: --num-heads 16 or --config configs/uniter-large.json)' : '';
+    const known = hidden === 768 ? ' (UNITER-base has 12 heads: --num-heads 12 or --config configs/official/uniter-base.json)' : hidden === 1024 ? ' (UNITER-large has 16: --num-heads 16 or --config configs/official/uniter-large.json)' : '';
     throw new TorchCheckpointError(
       `cannot infer config field 'num_attention_heads': tensor shapes do not show the head count${given ? ` and ${given.source} does not give it` : ''}; pass --num-heads N or --config with a model config JSON${known}`,
     );
