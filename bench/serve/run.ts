@@ -16,7 +16,7 @@ import { embeddedRecipe } from '../../src/pretrain/run.js';
 import { worldGallery } from '../../src/serve/gallery.js';
 import { startServer } from '../../src/serve/server.js';
 import { writeFileAtomic } from '../../src/util/atomic.js';
-import { parseArgs } from '../../src/cli/args.js';
+import { parseArgs } from '../../src/cli/common.js';
 
 interface Cell {
   mode: 'library' | 'server';

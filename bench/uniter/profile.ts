@@ -18,7 +18,7 @@ import { fileURLToPath } from 'node:url';
 import { PRESETS, UniterConfig } from '../../src/model/config.js';
 import { TIES, allSpecs, initParams } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
-import { DEFAULT_OT } from '../../src/model/tasks.js';
+import { DEFAULT_OT } from '../../src/model/task-graphs.js';
 import { AdamW, clipGradNorm } from '../../src/pretrain/optimizer.js';
 import { runChild } from '../harness.js';
 import { hookSessions, parseSessionOptions } from './ort-session.js';

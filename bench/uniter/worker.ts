@@ -30,7 +30,7 @@ import type { Batch } from '../../src/data/types.js';
 import { PRESETS, UniterConfig, saveConfig } from '../../src/model/config.js';
 import { TIES, allSpecs, initParams } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
-import { DEFAULT_OT, buildTaskGraph, prepareFeeds } from '../../src/model/tasks.js';
+import { DEFAULT_OT, buildTaskGraph, prepareFeeds } from '../../src/model/task-graphs.js';
 import { ipot } from '../../src/model/uniter.js';
 import { AdamW, clipGradNorm } from '../../src/pretrain/optimizer.js';
 import { Rng } from '../../src/util/rng.js';

@@ -3,7 +3,7 @@
  * text-only BERT row) and the downstream scores it reports. Everything else in src/ablate reads
  * these two tables, so adding a variant or a column happens here only.
  */
-import type { PretrainTask } from '../model/tasks.js';
+import type { PretrainTask } from '../model/task-graphs.js';
 
 export interface Variant {
   /** Command-line name (`--variants`), also the cell directory name. */
@@ -30,7 +30,7 @@ export const VARIANTS: readonly Variant[] = [
   { name: 'mlm-itm-mrckl-mrfr-wra-joint', label: 'MLM + ITM + MRC-kl + MRFR + WRA (joint masking)', tasks: ALL, wra: true, jointMasking: true },
 ];
 
-/** The fine-tuning tasks the ablation runs (registry names of src/finetune/tasks.ts). */
+/** The fine-tuning tasks the ablation runs (registry names of src/finetune/task-registry.ts). */
 export const DOWNSTREAM_TASKS = ['vqa', 'retrieval', 'nlvr2', 're'] as const;
 export type DownstreamName = (typeof DOWNSTREAM_TASKS)[number];
 

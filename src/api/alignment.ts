@@ -12,7 +12,7 @@ import { toNumbers } from '../engine/host.js';
 import { itmCollate } from '../data/collate.js';
 import type { BertTokenizer } from '../data/tokenizer.js';
 import type { UniterConfig } from '../model/config.js';
-import { DEFAULT_OT } from '../model/tasks.js';
+import { DEFAULT_OT } from '../model/task-graphs.js';
 import { Params, declareInputs, otDistance, otSplit, uniterForward } from '../model/uniter.js';
 import { TextImageInput, checkRegions, inputRow, textIds } from './inputs.js';
 

@@ -8,7 +8,7 @@ import { positionFeatures } from '../data/types.js';
 import { SeqRow, collateRows, reCollate } from '../data/collate.js';
 import type { BertTokenizer } from '../data/tokenizer.js';
 import type { UniterConfig } from '../model/config.js';
-import type { ScoringTask } from './tasks.js';
+import type { ScoringTask } from './scoring-heads.js';
 
 /** One image's regions: what `ImageSource.get(name)` returns (features [nbb, img_dim], norm_bb [nbb, 6]). */
 export type RegionFeatures = Pick<ImageRecord, 'nbb' | 'features' | 'normBb'>;

@@ -11,8 +11,8 @@ import { UniterConfig, loadConfig, parseConfig } from '../model/config.js';
 import { TRAINER_FILE } from '../pretrain/checkpoint.js';
 import { LoadReport, loadNonStrict, readWeightsAny } from '../model/load.js';
 import { allSpecs } from '../model/params.js';
-import { TaskGraph, buildTaskGraph, headOf } from '../model/tasks.js';
-import { ScoringTask, Shapes, TaskRequest, headsInWeights, resolveTask } from './tasks.js';
+import { TaskGraph, buildTaskGraph, headOf } from '../model/task-graphs.js';
+import { ScoringTask, Shapes, TaskRequest, headsInWeights, resolveTask } from './scoring-heads.js';
 import { readJsonFile } from '../util/json.js';
 
 export const CONFIG_FILE = 'config.json';

@@ -14,7 +14,7 @@ import { ExportOptions, ExportResult, exportModel } from '../export/export.js';
 import { ModelInput, TextImageInput, collateInputs } from './inputs.js';
 import { Aligner, Alignment } from './alignment.js';
 import { LoadPretrainedOptions, PretrainedModel, loadPretrained } from './pretrained.js';
-import { SCORE_OUTPUT, ScoringTask } from './tasks.js';
+import { SCORE_OUTPUT, ScoringTask } from './scoring-heads.js';
 
 export interface FromPretrainedOptions extends LoadPretrainedOptions {
   /** ONNX Runtime intra-op threads (default: all cores). */

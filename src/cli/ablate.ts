@@ -10,8 +10,7 @@ import { runAblation, type AblationResult } from '../ablate/ablation.js';
 import { finding, markdownTable } from '../ablate/table.js';
 import { DOWNSTREAM_TASKS, VARIANTS, parseVariantList, type DownstreamName } from '../ablate/variants.js';
 import type { WorldPreset } from '../data/world.js';
-import { parseArgs } from './args.js';
-import { intFlag } from './finetune.js';
+import { UsageError, guard, intFlag, parseArgs, printJsonLine, sayer } from './common.js';
 import type { Command } from './main.js';
 
 /**
@@ -38,13 +37,16 @@ const USAGE = `ablate [--seeds N | --seed-list S,...] [--variants LIST] [--pretr
       --finetune-steps S   fine-tuning steps: one number for every task, or TASK=N pairs for some
                            (tasks ${DOWNSTREAM_TASKS.join(', ')}; default ${Object.entries(ABLATION_DEFAULTS.finetuneSteps).map(([t, n]) => `${t}=${n}`).join(',')})
       --out DIR            output directory (default ${ABLATION_DEFAULTS.out}); a rerun with the same DIR resumes
-      --world PRESET       synthetic world preset (default 'default'; 'tiny' for a quick check)`;
+      --world PRESET       synthetic world preset (default 'default'; 'tiny' for a quick check)
+      --threads N          ONNX Runtime threads of each run (default: the runtime's choice)
+      --json               print one JSON line at the end (out, files, variants, cells run and reused); the rest goes to stderr
+      --quiet              no progress lines and no table`;
 
 /** '3' or '2,3': distinct seeds >= 1, in the order given. */
 export function parseSeedList(s: string): number[] {
   const seeds = s.split(',').map((part) => intFlag(part.trim(), '--seed-list', 1));
   const dup = seeds.find((x, i) => seeds.indexOf(x) !== i);
-  if (dup !== undefined) throw new Error(`--seed-list: seed ${dup} is listed twice`);
+  if (dup !== undefined) throw new UsageError(`--seed-list: seed ${dup} is listed twice`);
   return seeds;
 }
 
@@ -57,24 +59,32 @@ export function parseFinetuneSteps(s: string): Record<DownstreamName, number> {
   const out = { ...ABLATION_DEFAULTS.finetuneSteps };
   for (const part of s.split(',')) {
     const m = /^\s*([a-z0-9]+)\s*=\s*(\S+)\s*$/.exec(part);
-    if (!m) throw new Error(`--finetune-steps: expected N or TASK=N pairs separated by commas, got '${part}'`);
-    if (!(DOWNSTREAM_TASKS as readonly string[]).includes(m[1])) throw new Error(`--finetune-steps: unknown task '${m[1]}' (expected ${DOWNSTREAM_TASKS.join(', ')})`);
+    if (!m) throw new UsageError(`--finetune-steps: expected N or TASK=N pairs separated by commas, got '${part}'`);
+    if (!(DOWNSTREAM_TASKS as readonly string[]).includes(m[1])) throw new UsageError(`--finetune-steps: unknown task '${m[1]}' (expected ${DOWNSTREAM_TASKS.join(', ')})`);
     out[m[1] as DownstreamName] = intFlag(m[2], `--finetune-steps ${m[1]}`, 1);
   }
   return out;
 }
 
+function asUsage<T>(f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
 export async function runAblateCli(argv: string[], say: (m: string) => void = (m) => process.stderr.write(m + '\n')): Promise<AblationResult> {
   const a = parseArgs(argv, { string: ['seeds', 'seed-list', 'variants', 'pretrain-steps', 'finetune-steps', 'out', 'threads', 'world'], boolean: ['json', 'quiet'] }, USAGE);
-  if (a.positional.length) throw new Error(`ablate: unexpected argument '${a.positional[0]}' (usage: uniter ${USAGE})`);
-  if (a.string.seeds !== undefined && a.string['seed-list'] !== undefined) throw new Error('ablate: give --seeds or --seed-list, not both');
+  if (a.positional.length) throw new UsageError(`unexpected argument '${a.positional[0]}'`);
+  if (a.string.seeds !== undefined && a.string['seed-list'] !== undefined) throw new UsageError('give --seeds or --seed-list, not both');
   const seedCount = a.string.seeds !== undefined ? intFlag(a.string.seeds, '--seeds', 1) : ABLATION_DEFAULTS.seeds;
-  const variants = a.string.variants !== undefined ? parseVariantList(a.string.variants) : [...VARIANTS];
+  const variants = a.string.variants !== undefined ? asUsage(() => parseVariantList(a.string.variants!)) : [...VARIANTS];
   const pretrainSteps = a.string['pretrain-steps'] !== undefined ? intFlag(a.string['pretrain-steps'], '--pretrain-steps', 1) : ABLATION_DEFAULTS.pretrainSteps;
   const finetuneSteps = a.string['finetune-steps'] !== undefined ? parseFinetuneSteps(a.string['finetune-steps']) : { ...ABLATION_DEFAULTS.finetuneSteps };
   const threads = a.string.threads !== undefined ? intFlag(a.string.threads, '--threads', 1) : undefined;
   const world = (a.string.world ?? 'default') as WorldPreset;
-  if (world !== 'default' && world !== 'tiny') throw new Error(`--world must be 'default' or 'tiny', got '${a.string.world}'`);
+  if (world !== 'default' && world !== 'tiny') throw new UsageError(`--world must be 'default' or 'tiny', got '${a.string.world}'`);
   if (threads !== undefined) setDefaultThreads(threads);
   const outDir = path.resolve(a.string.out ?? ABLATION_DEFAULTS.out);
   const tell = a.boolean.quiet ? () => undefined : say;
@@ -86,16 +96,18 @@ export async function runAblateCli(argv: string[], say: (m: string) => void = (m
 export const command: Command = {
   name: 'ablate',
   summary: 'pre-training ablation (paper Table 2) on the synthetic world: task scores and Meta-Sum over seeds',
-  async run(argv) {
-    const json = argv.includes('--json');
-    const say = (m: string) => (json ? process.stderr : process.stdout).write(m + '\n');
-    const r = await runAblateCli(argv, (m) => process.stderr.write(m + '\n'));
-    if (!argv.includes('--quiet')) {
-      say(`\n${markdownTable(r.report)}\n\n${finding(r.report)}\n`);
-      say(`cells: ${r.ran} run now, ${r.reused} read from earlier runs`);
-      for (const [k, f] of Object.entries(r.files)) say(`${k}: ${f}`);
-    }
-    if (json) console.log(JSON.stringify({ out: path.dirname(r.files.json), files: r.files, variants: r.report.variants, ran: r.ran, reused: r.reused }));
-    return 0;
-  },
+  usage: USAGE,
+  run: (argv) =>
+    guard('ablate', USAGE, async () => {
+      const json = argv.includes('--json');
+      const say = sayer(json);
+      const r = await runAblateCli(argv, (m) => process.stderr.write(m + '\n'));
+      if (!argv.includes('--quiet')) {
+        say(`\n${markdownTable(r.report)}\n\n${finding(r.report)}\n`);
+        say(`cells: ${r.ran} run now, ${r.reused} read from earlier runs`);
+        for (const [k, f] of Object.entries(r.files)) say(`${k}: ${f}`);
+      }
+      if (json) printJsonLine({ out: path.dirname(r.files.json), files: r.files, variants: r.report.variants, ran: r.ran, reused: r.reused });
+      return 0;
+    }),
 };

@@ -1,25 +1,39 @@
-/** `uniter check-golden DIR --out FILE.safetensors [--json]`: parity with the official code's numbers. */
+/** `uniter check-golden DIR [--out FILE.safetensors] [--json]`: parity with the official code's numbers. */
 import { writeSafetensors } from '../engine/safetensors.js';
 import { checkGolden } from '../model/golden.js';
 import { checkDetectorGolden, isDetectorFixture } from '../detector/golden.js';
 import type { Command } from './main.js';
-import { parseArgs } from './args.js';
+import { UsageError, guard, intFlag, parseArgs, printJsonLine } from './common.js';
+
+const USAGE = `check-golden DIR [--out FILE.safetensors] [--json] [--verbose] [--threads N]
+      Compare this library's numbers with a golden fixture directory produced by the official code: every
+      pre-training task with all gradients, every downstream head, IPOT, the collated batches; for a detector
+      fixture, every stage of the region detector. Exit 1 when any tensor is out of tolerance.
+  --out FILE     also write every computed tensor to FILE (safetensors), e.g. to diff with PyTorch
+  --json         print one JSON line (failures, tensors, rows) instead of the table
+  --verbose      list every row, the collated batch fields included
+  --threads N    ONNX Runtime threads (default: the runtime's choice)`;
 
 export const command: Command = {
   name: 'check-golden',
   summary: 'compare every task, head and IPOT against a golden fixture directory from the official code',
-  async run(argv) {
-    const a = parseArgs(argv, { string: ['out', 'threads'], boolean: ['json', 'verbose'] }, 'check-golden DIR --out FILE.safetensors [--json] [--verbose]');
+  usage: USAGE,
+  run: (argv) => guard('check-golden', USAGE, () => runCheckGolden(argv)),
+};
+
+async function runCheckGolden(argv: string[]): Promise<number> {
+  {
+    const a = parseArgs(argv, { string: ['out', 'threads'], boolean: ['json', 'verbose'] }, USAGE);
     const dir = a.positional[0];
-    if (!dir) throw new Error('check-golden: missing fixture directory (usage: uniter check-golden DIR --out FILE.safetensors)');
+    if (!dir) throw new UsageError('missing fixture directory DIR');
+    if (a.positional.length > 1) throw new UsageError(`unexpected argument '${a.positional[1]}'`);
     const out = a.string.out;
-    if (!out) throw new Error('check-golden: --out FILE.safetensors is required');
-    const threads = a.string.threads ? Number(a.string.threads) : undefined;
+    const threads = a.string.threads ? intFlag(a.string.threads, '--threads', 1) : undefined;
     // A detector fixture (its manifest or config says so) is traced stage by stage instead.
     const report = isDetectorFixture(dir) ? await checkDetectorGolden(dir, { threads }) : await checkGolden(dir, { threads });
-    writeSafetensors(out, report.computed);
+    if (out) writeSafetensors(out, report.computed);
     if (a.boolean.json) {
-      console.log(JSON.stringify({ failures: report.failures, tensors: report.rows.length, rows: report.rows }));
+      printJsonLine({ failures: report.failures, tensors: report.rows.length, out: out ?? null, rows: report.rows });
     } else {
       const kind = (r: (typeof report.rows)[number]) => ('kind' in r ? r.kind : 'forward');
       const shown = a.boolean.verbose ? report.rows : report.rows.filter((r) => !r.ok || kind(r) !== 'batch');
@@ -30,11 +44,11 @@ export const command: Command = {
       }
       const batches = report.rows.filter((r) => kind(r) === 'batch');
       const batchNote = batches.length ? `, ${batches.length} batch fields compared with the project's own collate` : '';
-      console.log(`\n${report.rows.length - batches.length} tensors checked${batchNote}; ${report.failures} failures. Wrote ${report.computed.size} tensors to ${out}`);
+      console.log(`\n${report.rows.length - batches.length} tensors checked${batchNote}; ${report.failures} failures.${out ? ` Wrote ${report.computed.size} tensors to ${out}` : ''}`);
     }
     return report.failures ? 1 : 0;
-  },
-};
+  }
+}
 
 function fmt(x: number): string {
   return Number.isNaN(x) ? '-' : x === 0 ? '0' : x.toExponential(2);

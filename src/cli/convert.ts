@@ -1,7 +1,5 @@
 /** `uniter convert`: PyTorch checkpoints to model folders and back; region detectors to detector folders. */
-import { SafetensorsError } from '../engine/safetensors.js';
-import { DetectorConfigError } from '../detector/config.js';
-import { CaffeError } from '../interop/caffe.js';
+import * as fs from 'node:fs';
 import {
   convertDetectorCaffe,
   convertDetectorTorch,
@@ -10,118 +8,121 @@ import {
   exportTorchSafetensors,
   formatConvertReport,
   formatDetectorReport,
+  type ConvertReport,
+  type DetectorConvertReport,
+  type ExportReport,
 } from '../interop/convert.js';
-import { DetectorWeightsError } from '../detector/weights.js';
 import { looksLikeDetector } from '../interop/detector-weights.js';
 import { readTorchCheckpoint } from '../interop/torch-checkpoint.js';
-import { PickleError } from '../interop/torch-pickle.js';
-import { TorchCheckpointError } from '../interop/torch-tensor.js';
-import { parseArgs } from './args.js';
+import { UsageError, guard, intFlag, parseArgs, printJsonLine } from './common.js';
 import type { Command } from './main.js';
 
-const USAGE = `convert IN.pt OUT_DIR [--config model.json] [--ans2label ans2label.json]
-      PyTorch checkpoint (torch.save zip, legacy or pre-1.0 tar format; .pt/.pth/.bin) -> OUT_DIR/config.json +
-      OUT_DIR/model.safetensors: official names, float32, tied weights stored once. Without
-      --config the config is inferred from tensor shapes; with it, the file's fields win and are
-      checked against the shapes. --ans2label (the official VQA answer vocabulary) writes the
-      answer names into config.json as id2label.
-      A region detector's state dict (names under backbone. / proposal_generator. / roi_heads.,
-      the BUTD Faster R-CNN port) becomes a detector folder instead; its --config is the
-      reference's config as JSON (without it: inferred from the shapes on top of the VG config).
-      An existing OUT_DIR is only replaced with --overwrite.
+const USAGE = `convert IN.pt OUT_DIR [--config model.json | --num-heads N] [--ans2label ans2label.json] [--overwrite] [--json] [--quiet]
+      PyTorch checkpoint (torch.save zip, legacy or pre-1.0 tar format; .pt/.pth/.bin) -> a model folder:
+      OUT_DIR/config.json (model_type "uniter"), model.safetensors (official names, float32, tied weights
+      stored once), vocab.txt and a README.md model card. The config comes from --config, else from the
+      config beside IN (IN's name with .config.json, as --to-torch writes it, or config.json in IN's
+      folder), else from the tensor shapes. Shapes do not show the head count: without a config that
+      gives it, pass --num-heads (it is never guessed). The folder is built aside and loaded back before
+      it is renamed into place: a conversion that would not load (wrong shapes, int8 tensors) is refused
+      and leaves nothing behind.
+      A region detector's state dict (names under backbone. / proposal_generator. / roi_heads., the BUTD
+      Faster R-CNN port) becomes a detector folder instead; its --config is the reference's config as JSON
+      (without it: inferred from the shapes on top of the VG config).
   uniter convert IN.caffemodel OUT_DIR --prototxt test.prototxt [--overwrite]
-      the original bottom-up-attention Caffe release (weights + its test prototxt) -> a detector
-      folder (see docs/detector.md, "Weights").
-  uniter convert --to-torch-safetensors IN_DIR OUT.safetensors
+      the original bottom-up-attention Caffe release (weights + its test prototxt) -> a detector folder
+      (see docs/detector.md, "Weights").
+  uniter convert --to-torch-safetensors IN_DIR OUT.safetensors [--overwrite]
       model folder -> safetensors with every official name (tied weights copied), for PyTorch's
-      safetensors.torch.load_file + load_state_dict.
-  uniter convert --to-torch IN_DIR OUT.pt [--legacy-format]
-      model folder -> torch.save checkpoint (zip format, or the pre-1.6 stream format), for torch.load.`;
+      safetensors.torch.load_file + load_state_dict; the folder's config goes beside it as OUT.config.json.
+  uniter convert --to-torch IN_DIR OUT.pt [--legacy-format] [--overwrite]
+      model folder -> torch.save checkpoint (zip format, or the pre-1.6 stream format), for torch.load;
+      the folder's config goes beside it as OUT.config.json, so converting OUT.pt back gives the same model.
 
-function usageProblem(paths: number, toSafetensors: boolean, toTorch: boolean, legacy: boolean, hasConfig: boolean, hasPrototxt: boolean, overwrite: boolean): string | null {
+  --config FILE            model config JSON (official field names); its fields win and are checked against the shapes.
+                           For a detector: the reference detector config as JSON
+  --num-heads N            num_attention_heads, when no config gives it (UNITER-base 12, UNITER-large 16)
+  --ans2label FILE         the official VQA answer vocabulary: writes the answer names into config.json as id2label
+  --prototxt FILE          the Caffe network of a .caffemodel (the release's test.prototxt)
+  --to-torch               model folder -> torch.save checkpoint
+  --to-torch-safetensors   model folder -> safetensors with every official name
+  --legacy-format          with --to-torch: the pre-1.6 torch.save stream format
+  --overwrite              replace an existing output (a folder is replaced atomically; without it, existing output is refused)
+  --json                   print one JSON line describing what was written
+  --quiet                  no messages (errors still go to stderr)`;
+
+function usageProblem(paths: number, toSafetensors: boolean, toTorch: boolean, legacy: boolean, hasConfig: boolean, hasPrototxt: boolean): string | null {
   if (paths !== 2) return `expected 2 paths, got ${paths}`;
-  if ((hasPrototxt || overwrite) && (toSafetensors || toTorch)) return '--prototxt and --overwrite only apply to conversions into a detector folder';
+  if (hasPrototxt && (toSafetensors || toTorch)) return '--prototxt only applies to conversions into a detector folder';
   if (toSafetensors && toTorch) return 'choose one of --to-torch-safetensors and --to-torch';
-  if (hasConfig && (toSafetensors || toTorch)) return '--config and --ans2label only apply to a PyTorch -> model folder conversion';
+  if (hasConfig && (toSafetensors || toTorch)) return '--config, --num-heads and --ans2label only apply to a PyTorch -> model folder conversion';
   if (legacy && !toTorch) return '--legacy-format only applies to --to-torch';
   return null;
+}
+
+async function runConvert(argv: string[]): Promise<number> {
+  const parsed = parseArgs(argv, { string: ['config', 'prototxt', 'ans2label', 'num-heads'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format', 'overwrite', 'json', 'quiet'] }, USAGE);
+  const toSafetensors = parsed.boolean['to-torch-safetensors'] === true;
+  const toTorch = parsed.boolean['to-torch'] === true;
+  const legacy = parsed.boolean['legacy-format'] === true;
+  const configFile = parsed.string.config;
+  const prototxt = parsed.string.prototxt;
+  const overwrite = parsed.boolean.overwrite === true;
+  const ans2label = parsed.string.ans2label;
+  const numHeads = parsed.string['num-heads'] !== undefined ? intFlag(parsed.string['num-heads'], '--num-heads', 1) : undefined;
+  const json = parsed.boolean.json === true;
+  const quiet = parsed.boolean.quiet === true;
+  const problem = usageProblem(parsed.positional.length, toSafetensors, toTorch, legacy, configFile !== undefined || ans2label !== undefined || numHeads !== undefined, prototxt !== undefined);
+  if (problem) throw new UsageError(problem);
+  const [input, output] = parsed.positional;
+  // Phase lines on stderr (reading a UNITER-large checkpoint and checking it takes seconds).
+  const t0 = Date.now();
+  const phase = (m: string) => {
+    if (!quiet) process.stderr.write(`${m} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`);
+  };
+  const report = (text: string, value: Record<string, unknown>) => {
+    if (json) printJsonLine(value);
+    else if (!quiet) console.log(text);
+  };
+  const size = (f: string) => (fs.existsSync(f) && fs.statSync(f).isFile() ? ` (${(fs.statSync(f).size / 2 ** 20).toFixed(1)} MiB)` : '');
+  const exported = (r: ExportReport, what: string) => ({ kind: what, file: r.file, config: r.configFile, tensors: r.tensorCount, tiedExpanded: r.expanded });
+  const detector = (r: DetectorConvertReport) => ({ kind: 'detector', input: r.input, out: r.outDir, config: r.configFile, weights: r.weightsFile, tensors: r.tensorCount, dropped: r.dropped.length });
+  if (toSafetensors || toTorch) {
+    phase(`reading ${input}`);
+    const r = toSafetensors ? exportTorchSafetensors(input, output, { overwrite }) : exportTorchCheckpoint(input, output, legacy ? 'legacy' : 'zip', { overwrite });
+    phase(`wrote ${output}${size(output)}`);
+    const how = toSafetensors ? `${r.tensorCount} tensors${r.expanded.length ? ` (tied weights copied: ${r.expanded.join(', ')})` : ''}` : `${r.tensorCount} tensors, torch.save ${legacy ? 'legacy' : 'zip'} format${r.expanded.length ? ` (tied weights share storage: ${r.expanded.join(', ')})` : ''}`;
+    report(`wrote ${r.file}: ${how}${r.configFile ? `\nwrote ${r.configFile} (the model config; 'uniter convert ${r.file} DIR' reads it back)` : ''}`, exported(r, toSafetensors ? 'safetensors' : 'torch'));
+    return 0;
+  }
+  if (/\.caffemodel$/i.test(input)) {
+    if (prototxt === undefined) throw new UsageError(`${input} is a Caffe model: pass its network with --prototxt FILE (the release's test.prototxt)`);
+    if (configFile !== undefined || numHeads !== undefined || ans2label !== undefined) throw new UsageError('--config, --num-heads and --ans2label do not apply to a .caffemodel (the config comes from the prototxt and the blob shapes)');
+    phase(`reading ${input}${size(input)}`);
+    const r = convertDetectorCaffe(input, prototxt, output, { overwrite });
+    report(formatDetectorReport(r), detector(r));
+    return 0;
+  }
+  if (prototxt !== undefined) throw new UsageError(`--prototxt only applies to a .caffemodel input, got ${input}`);
+  phase(`reading ${input}${size(input)}`);
+  const ckpt = readTorchCheckpoint(input);
+  if (looksLikeDetector(ckpt.tensors.keys())) {
+    if (ans2label !== undefined || numHeads !== undefined) throw new UsageError('--ans2label and --num-heads only apply to a UNITER checkpoint (this one is a region detector)');
+    phase(`read ${ckpt.tensors.size} tensors; converting the region detector`);
+    const r = convertDetectorTorch(ckpt, output, { configFile, overwrite });
+    report(formatDetectorReport(r), detector(r));
+    return 0;
+  }
+  phase(`read ${ckpt.tensors.size} tensors; converting, writing and loading back the model folder`);
+  const r: ConvertReport = convertTorchCheckpoint(input, output, { configFile, ans2label, checkpoint: ckpt, numHeads, overwrite });
+  phase(`wrote ${output}`);
+  report(formatConvertReport(r), { kind: 'model', input, out: output, config: r.config, configSource: r.configSource, tensors: r.tensors.size, tied: r.tied, casts: r.casts.map((c) => ({ from: c.from, to: c.to, count: c.names.length })), warnings: r.warnings });
+  return 0;
 }
 
 export const command: Command = {
   name: 'convert',
   summary: 'convert PyTorch checkpoints (.pt) to model folders (safetensors + config) and back; BUTD region detectors (torch or Caffe) to detector folders',
-  async run(argv: string[]): Promise<number> {
-    let parsed;
-    try {
-      parsed = parseArgs(argv, { string: ['config', 'prototxt', 'ans2label'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format', 'overwrite'] }, USAGE);
-    } catch (e) {
-      console.error(`uniter convert: ${(e as Error).message}`);
-      return 2;
-    }
-    const toSafetensors = parsed.boolean['to-torch-safetensors'] === true;
-    const toTorch = parsed.boolean['to-torch'] === true;
-    const legacy = parsed.boolean['legacy-format'] === true;
-    const configFile = parsed.string.config;
-    const prototxt = parsed.string.prototxt;
-    const overwrite = parsed.boolean.overwrite === true;
-    const ans2label = parsed.string.ans2label;
-    const problem = usageProblem(parsed.positional.length, toSafetensors, toTorch, legacy, configFile !== undefined || ans2label !== undefined, prototxt !== undefined, overwrite);
-    if (problem) {
-      console.error(`uniter convert: ${problem}\nusage: uniter ${USAGE}`);
-      return 2;
-    }
-    const [input, output] = parsed.positional;
-    try {
-      if (toSafetensors) {
-        const r = exportTorchSafetensors(input, output);
-        console.log(`wrote ${r.file}: ${r.tensorCount} tensors${r.expanded.length ? ` (tied weights copied: ${r.expanded.join(', ')})` : ''}`);
-      } else if (toTorch) {
-        const r = exportTorchCheckpoint(input, output, legacy ? 'legacy' : 'zip');
-        console.log(`wrote ${r.file}: ${r.tensorCount} tensors, torch.save ${legacy ? 'legacy' : 'zip'} format${r.expanded.length ? ` (tied weights share storage: ${r.expanded.join(', ')})` : ''}`);
-      } else if (/\.caffemodel$/i.test(input)) {
-        if (prototxt === undefined) {
-          console.error(`uniter convert: ${input} is a Caffe model: pass its network with --prototxt FILE (the release's test.prototxt)\nusage: uniter ${USAGE}`);
-          return 2;
-        }
-        if (configFile !== undefined) {
-          console.error('uniter convert: --config does not apply to a .caffemodel (the config comes from the prototxt and the blob shapes)');
-          return 2;
-        }
-        console.log(formatDetectorReport(convertDetectorCaffe(input, prototxt, output, { overwrite })));
-      } else {
-        if (prototxt !== undefined) {
-          console.error(`uniter convert: --prototxt only applies to a .caffemodel input, got ${input}`);
-          return 2;
-        }
-        const ckpt = readTorchCheckpoint(input);
-        if (looksLikeDetector(ckpt.tensors.keys())) {
-          if (ans2label !== undefined) {
-            console.error('uniter convert: --ans2label only applies to a UNITER checkpoint (this one is a region detector)');
-            return 2;
-          }
-          console.log(formatDetectorReport(convertDetectorTorch(ckpt, output, { configFile, overwrite })));
-        } else {
-          if (overwrite) {
-            console.error('uniter convert: --overwrite only applies to detector folders (a UNITER conversion writes its two files in place)');
-            return 2;
-          }
-          console.log(formatConvertReport(convertTorchCheckpoint(input, output, { configFile, ans2label, checkpoint: ckpt })));
-        }
-      }
-      return 0;
-    } catch (e) {
-      if (
-        e instanceof TorchCheckpointError ||
-        e instanceof PickleError ||
-        e instanceof SafetensorsError ||
-        e instanceof CaffeError ||
-        e instanceof DetectorWeightsError ||
-        e instanceof DetectorConfigError
-      ) {
-        console.error(`uniter convert: ${e.message}`);
-        return 1;
-      }
-      throw e;
-    }
-  },
+  usage: USAGE,
+  run: (argv) => guard('convert', USAGE, () => runConvert(argv)),
 };

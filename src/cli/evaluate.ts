@@ -2,8 +2,10 @@
  * `uniter evaluate TASK --checkpoint DIR`: score a fine-tuned model on the val or test split of
  * its task, print the task metrics and write the official results file(s). The checkpoint is a
  * model folder (config.json + model.safetensors, e.g. a fine-tuning run's best/), a fine-tuning
- * run directory (its best/ is used) or a checkpoint step directory.
+ * run directory (its best/ is used) or a checkpoint step directory. Without --data or --config,
+ * the data and task options the fine-tuning run recorded are used, and the command says so.
  */
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setDefaultThreads } from '../engine/runtime.js';
 import type { HostTensor } from '../engine/host.js';
@@ -11,20 +13,31 @@ import { parseConfig } from '../model/config.js';
 import { readWeightsAny } from '../model/load.js';
 import { UniterRunner } from '../model/runner.js';
 import { defaultSettings, loadFinetuneConfig } from '../finetune/defaults.js';
-import { getTask, openTaskData, taskRegistry, type EvalSplit } from '../finetune/tasks.js';
+import { openTaskData, taskRegistry, type DataChoice, type EvalSplit, type TaskOptionValues } from '../finetune/task-registry.js';
 import { configNextToWeights, resolveWeightsPath, type Evaluation } from '../finetune/trainer.js';
+import { LATEST_FILE, TRAINER_FILE, checkpointRoot } from '../pretrain/checkpoint.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { parseArgs } from './args.js';
-import { formatMetrics, intFlag } from './finetune.js';
+import { readJsonObject } from '../util/json.js';
+import { JobProgress, UsageError, formatMetrics, guard, intFlag, parseArgs, printJsonLine, sayer } from './common.js';
+import { cliTask, type DataSource } from './finetune.js';
 import type { Command } from './main.js';
 
 const USAGE = `evaluate TASK --checkpoint DIR [--data DIR] [--config FILE] [--split val|test] [--out DIR] [--batch-size N] [--json] [--quiet] [--threads N]
+      Score a fine-tuned model on a split of its task; print the metrics, write the official results files.
       TASK: ${[...taskRegistry().keys()].join(', ')}
-      --checkpoint DIR  fine-tuned model folder (config.json + model.safetensors), or a fine-tuning run directory (uses its best/)
-      --data DIR        a world folder written by 'uniter world' (default: the config's data, else the synthetic world in memory)
-      --config FILE     the fine-tuning config of the model: its task options (e.g. use_img_type) and, when it names
-                        official stores, the split's txt_db / img_db (val_txt_db, test_txt_db ...)
-      --out DIR         where results files go (default runs/eval-TASK-SPLIT)`;
+  --checkpoint DIR  fine-tuned model folder (config.json + model.safetensors), a fine-tuning run directory
+                    (uses its best/) or a checkpoint step directory
+  --data DIR        a world folder written by 'uniter world'. Default: the data the fine-tuning run recorded
+                    (its checkpoints' trainer.json), else the synthetic world in memory; the command says which
+  --config FILE     the fine-tuning config of the model: its task options (e.g. use_img_type), batch size and,
+                    when it names official stores, the split's txt_db / img_db (val_txt_db, test_txt_db ...).
+                    Default: the options the run recorded
+  --split S         val (default) or test
+  --out DIR         where results files go (default runs/eval-TASK-SPLIT)
+  --batch-size N    evaluation batch size (tokens; VCR: examples); default: the config's / run's val_batch_size
+  --threads N       ONNX Runtime threads (default: the runtime's choice)
+  --json            print one JSON line (task, split, checkpoint, data, metrics, examples, files); the rest goes to stderr
+  --quiet           no progress display and no messages`;
 
 export interface EvaluateCliResult {
   task: string;
@@ -33,42 +46,103 @@ export interface EvaluateCliResult {
   evaluation: Evaluation;
   /** Results files written (absolute paths). */
   files: string[];
+  /** The data scored, and why that data. */
+  data: string;
+  dataFrom: string;
+}
+
+/** What the fine-tuning run that wrote these weights recorded (trainer.json config.run), and where. */
+export function recordedRun(weights: string): { file: string; run: Record<string, unknown> } | null {
+  const dir = fs.statSync(weights).isDirectory() ? weights : path.dirname(weights);
+  const candidates = [path.join(dir, TRAINER_FILE)];
+  // A run's best/ folder: the run's latest checkpoint records the run.
+  const pointer = path.join(checkpointRoot(path.dirname(dir)), LATEST_FILE);
+  if (fs.existsSync(pointer)) candidates.push(path.join(checkpointRoot(path.dirname(dir)), fs.readFileSync(pointer, 'utf8').trim(), TRAINER_FILE));
+  for (const file of candidates) {
+    if (!fs.existsSync(file)) continue;
+    const t = readJsonObject(file, 'trainer state');
+    const run = (t.config as { run?: unknown } | null)?.run;
+    if (run && typeof run === 'object' && !Array.isArray(run)) return { file, run: run as Record<string, unknown> };
+  }
+  return null;
 }
 
 export async function runEvaluate(argv: string[], say: (m: string) => void = (m) => process.stderr.write(m + '\n')): Promise<EvaluateCliResult> {
   const a = parseArgs(argv, { string: ['checkpoint', 'data', 'config', 'split', 'out', 'batch-size', 'threads'], boolean: ['json', 'quiet'] }, USAGE);
-  if (a.positional.length !== 1) throw new Error(`evaluate: expected one TASK (usage: uniter ${USAGE})`);
-  const task = getTask(a.positional[0]);
-  if (!a.string.checkpoint) throw new Error(`evaluate: --checkpoint DIR is required (usage: uniter ${USAGE})`);
+  if (a.positional.length !== 1) throw new UsageError(a.positional.length ? `expected one TASK, got '${a.positional.join(' ')}'` : 'missing TASK');
+  const task = cliTask(a.positional[0]);
+  if (!a.string.checkpoint) throw new UsageError('--checkpoint DIR is required');
   const split = (a.string.split ?? 'val') as EvalSplit;
-  if (split !== 'val' && split !== 'test') throw new Error(`--split must be 'val' or 'test', got '${a.string.split}'`);
+  if (split !== 'val' && split !== 'test') throw new UsageError(`--split must be 'val' or 'test', got '${a.string.split}'`);
   if (a.string.threads) setDefaultThreads(intFlag(a.string.threads, '--threads', 1));
+  const quiet = a.boolean.quiet === true;
+  const tell = quiet ? () => undefined : say;
   const cwd = process.cwd();
 
   const weights = resolveWeightsPath(path.resolve(cwd, a.string.checkpoint));
   const stored = configNextToWeights(weights);
-  if (!stored) throw new Error(`${weights}: no config.json (or trainer.json) next to the weights; evaluate needs a model folder such as a fine-tuning run's best/`);
+  if (!stored) throw new Error(`${weights}: no config.json (or trainer.json) next to the weights; evaluate needs a model folder such as a fine-tuning run's best/ (a bare weights file: 'uniter convert ${weights} DIR' first)`);
   const cfg = parseConfig(stored, weights);
   const params = new Map<string, HostTensor>();
   for (const [k, v] of readWeightsAny(weights)) params.set(k, v);
   const runner = new UniterRunner(cfg, params);
 
   const config = a.string.config ? loadFinetuneConfig(a.string.config, task) : null;
+  // What the fine-tuning run recorded, when it was a run of this task.
+  const rec = recordedRun(weights);
+  const recorded = rec && rec.run.task === task.name ? rec : null;
+  const recordedSource = recorded?.run.dataSource as DataSource | undefined;
+  const recordedSettings = recorded?.run.settings as { valBatchSize?: number; seed?: number } | undefined;
+
+  let choice: DataChoice;
+  let dataFrom: string;
+  if (a.string.data) {
+    choice = { worldDir: path.resolve(cwd, a.string.data) }; // --data names the data even when the config names other stores
+    dataFrom = '--data';
+  } else if (config && (config.paths || config.worldDir)) {
+    choice = { paths: config.paths, worldDir: config.worldDir };
+    dataFrom = `--config ${a.string.config}`;
+  } else if (recordedSource) {
+    choice = { paths: recordedSource.paths, worldDir: recordedSource.worldDir };
+    dataFrom = `as recorded by the fine-tuning run (${recorded!.file})`;
+  } else {
+    choice = {};
+    dataFrom = rec && rec.run.task !== undefined && rec.run.task !== task.name
+      ? `default: the weights come from a '${String(rec.run.task)}' run, not '${task.name}'; pass --data DIR to choose`
+      : 'default: the model records no data; pass --data DIR to choose';
+  }
+  const options: TaskOptionValues | undefined = config?.options ?? (recorded?.run.options as TaskOptionValues | undefined);
   const settings = config?.settings ?? defaultSettings(task);
-  const batchSize = a.string['batch-size'] ? intFlag(a.string['batch-size'], '--batch-size', 1) : settings.valBatchSize;
-  // --data names the data even when the config names other stores.
-  const data = a.string.data ? openTaskData(task, { worldDir: path.resolve(cwd, a.string.data) }) : openTaskData(task, { paths: config?.paths, worldDir: config?.worldDir });
+  const valBatchSize = config ? settings.valBatchSize : (recordedSettings?.valBatchSize ?? settings.valBatchSize);
+  const seed = config ? settings.seed : (recordedSettings?.seed ?? settings.seed);
+  const batchSize = a.string['batch-size'] ? intFlag(a.string['batch-size'], '--batch-size', 1) : valBatchSize;
+  const data = openTaskData(task, choice);
+  const progress = new JobProgress({ unit: task.name === 'retrieval' ? 'pairs' : 'examples', quiet });
   try {
-    if (!a.boolean.quiet) say(`evaluating ${weights} on ${task.name} ${split} (${data.describe})`);
-    const evaluation = await task.evaluate(runner, { data, split, batchSize, seed: settings.seed, tag: 'eval', options: config?.options });
+    tell(`evaluating ${weights} on ${task.name} ${split}`);
+    tell(`data: ${data.describe} (${dataFrom})${options && !config ? '; task options as the run recorded' : ''}`);
+    const evaluation = await task.evaluate(runner, {
+      data,
+      split,
+      batchSize,
+      seed,
+      tag: 'eval',
+      options,
+      onProgress: (done, total) => {
+        progress.setTotal(total);
+        progress.advance(done - progress.count);
+      },
+    });
+    progress.finish();
     const outDir = path.resolve(cwd, a.string.out ?? path.join('runs', `eval-${task.name}-${split}`));
     const files = (evaluation.files ?? []).map((f) => {
       const file = path.join(outDir, f.name);
       writeFileAtomic(file, f.content);
       return file;
     });
-    return { task: task.name, split, checkpoint: weights, evaluation, files };
+    return { task: task.name, split, checkpoint: weights, evaluation, files, data: data.describe, dataFrom };
   } finally {
+    progress.finish();
     data.close();
   }
 }
@@ -76,15 +150,17 @@ export async function runEvaluate(argv: string[], say: (m: string) => void = (m)
 export const command: Command = {
   name: 'evaluate',
   summary: `evaluate a fine-tuned model (${[...taskRegistry().keys()].join(', ')}) and write the official results files`,
-  async run(argv) {
-    const json = argv.includes('--json');
-    const say = (m: string) => (json ? process.stderr : process.stdout).write(m + '\n');
-    const r = await runEvaluate(argv, say);
-    if (json) console.log(JSON.stringify({ task: r.task, split: r.split, checkpoint: r.checkpoint, metrics: r.evaluation.metrics, examples: r.evaluation.examples ?? {}, files: r.files }));
-    else {
-      for (const line of formatMetrics(r.evaluation.metrics, r.evaluation.examples)) say(line);
-      for (const f of r.files) say(`results: ${f}`);
-    }
-    return 0;
-  },
+  usage: USAGE,
+  run: (argv) =>
+    guard('evaluate', USAGE, async () => {
+      const json = argv.includes('--json');
+      const say = sayer(json);
+      const r = await runEvaluate(argv, say);
+      if (json) printJsonLine({ task: r.task, split: r.split, checkpoint: r.checkpoint, data: r.data, dataFrom: r.dataFrom, metrics: r.evaluation.metrics, examples: r.evaluation.examples ?? {}, files: r.files });
+      else {
+        for (const line of formatMetrics(r.evaluation.metrics, r.evaluation.examples)) say(line);
+        for (const f of r.files) say(`results: ${f}`);
+      }
+      return 0;
+    }),
 };

@@ -1,14 +1,14 @@
 /** `uniter export-onnx`: a model folder -> a standalone ONNX scoring graph (+ JSON sidecar). */
 import { ExportResult, exportOnnx } from '../export/export.js';
 import { MAX_OPSET, MIN_OPSET } from '../export/onnx-file.js';
-import { TASK_REQUESTS, TaskRequest } from '../api/tasks.js';
-import { parseArgs } from './args.js';
+import { TASK_REQUESTS, TaskRequest } from '../api/scoring-heads.js';
+import { UsageError, parseArgs, printJsonLine, reportFailure } from './common.js';
 import type { Command } from './main.js';
 
 const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head paired-attn|paired|triplet] [--re-mlp 1|2]
-      [--pooled-output] [--opset N] [--external-data] [--verify]
-  DIR is a model folder (config.json + model.safetensors, as 'uniter convert' and the trainers write)
-  or a training checkpoint directory (OUT/ckpt/step_N).
+      [--pooled-output] [--opset N] [--external-data] [--verify] [--json] [--quiet]
+  --checkpoint DIR  a model folder (config.json + model.safetensors, as 'uniter convert' and the trainers write)
+                    or a training checkpoint directory (OUT/ckpt/step_N)
   --task            itm | vqa | ve | nlvr2 | refexp | retrieval | vcr (default: the head the weights hold;
                     nlvr2 and refexp take the variant the weights hold)
   --nlvr2-head      NLVR2 head variant (default: the one the weights hold, paired-attn in the paper's setup)
@@ -18,6 +18,8 @@ const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head pa
   --external-data   weights in OUT.onnx.data (automatic when they exceed the 2 GiB protobuf limit)
   --verify          run OUT.onnx in a fresh ONNX Runtime session on generated batches of two sizes and
                     compare with the library's outputs (|diff| <= 1e-5 x max(1, |value|)); exit 1 if not
+  --json            print one JSON line (file, task, opset, inputs, outputs, sidecar, verification)
+  --quiet           no messages (errors still go to stderr)
   Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically.`;
 
 const NLVR2_HEADS: Record<string, TaskRequest> = { 'paired-attn': 'nlvr2_paired_attn', paired: 'nlvr2_paired', triplet: 'nlvr2_triplet' };
@@ -62,18 +64,15 @@ function describe(r: ExportResult): string {
 export const command: Command = {
   name: 'export-onnx',
   summary: 'export a model folder as a standalone ONNX scoring graph (itm, vqa, ve, nlvr2, refexp, retrieval, vcr)',
+  usage: USAGE,
   async run(argv: string[]): Promise<number> {
     let parsed;
     try {
-      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify'] }, USAGE);
+      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify', 'json', 'quiet'] }, USAGE);
     } catch (e) {
-      console.error(`uniter export-onnx: ${(e as Error).message}`);
-      return 2;
+      return reportFailure('export-onnx', USAGE, e, () => true);
     }
-    const usage = (msg: string) => {
-      console.error(`uniter export-onnx: ${msg}\nusage: uniter ${USAGE}`);
-      return 2;
-    };
+    const usage = (msg: string) => reportFailure('export-onnx', USAGE, new UsageError(msg));
     const checkpoint = parsed.string.checkpoint;
     if (!checkpoint) return usage('--checkpoint DIR is required');
     if (parsed.positional.length !== 1) return usage(`expected one output path (OUT.onnx), got ${parsed.positional.length}`);
@@ -84,6 +83,9 @@ export const command: Command = {
       opset = Number(parsed.string.opset);
       if (!Number.isInteger(opset)) return usage(`--opset must be an integer, got '${parsed.string.opset}'`);
     }
+    const t0 = Date.now();
+    const quiet = parsed.boolean.quiet === true;
+    if (!quiet) process.stderr.write(`exporting ${checkpoint} -> ${parsed.positional[0]}${parsed.boolean.verify ? ', then verifying it in a fresh ONNX Runtime session' : ''}...\n`);
     try {
       const r = await exportOnnx({
         checkpoint,
@@ -94,11 +96,12 @@ export const command: Command = {
         externalData: parsed.boolean['external-data'] === true ? true : 'auto',
         verify: parsed.boolean.verify === true,
       });
-      console.log(describe(r));
+      if (!quiet) process.stderr.write(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+      if (parsed.boolean.json) printJsonLine({ file: r.file, task: r.task, opset: r.written.opset, weights: r.written.weightCount, dataFile: r.dataFile ?? null, sidecar: r.sidecarFile, inputs: r.inputs, outputs: r.outputs, verification: r.verification ?? null });
+      else if (!quiet) console.log(describe(r));
       return r.verification && !r.verification.ok ? 1 : 0;
     } catch (e) {
-      console.error(`uniter export-onnx: ${(e as Error).message}`);
-      return 1;
+      return reportFailure('export-onnx', USAGE, e);
     }
   },
 };

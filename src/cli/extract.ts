@@ -5,7 +5,7 @@ import { detectorIdentity, extractRegions, ExtractError, listImages, REPORT_FILE
 import { ProgressDisplay } from '../pretrain/progress.js';
 import { distributedExtractor } from '../queue/extract-shards.js';
 import { checkRedis, parseRedisUrl, QueueUsageError, type RedisTarget } from '../queue/redis.js';
-import { parseArgs } from './args.js';
+import { parseArgs } from './common.js';
 import type { Command } from './main.js';
 
 /** Where the public detector weights come from and how to turn them into a detector folder. */
@@ -253,5 +253,6 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
 export const command: Command = {
   name: 'extract',
   summary: 'detect regions in images (BUTD Faster R-CNN) and write their features as an img_db',
+  usage: USAGE,
   run: (argv) => runExtract(argv),
 };

@@ -1,5 +1,5 @@
 /**
- * `uniter finetune TASK`: fine-tune UNITER on a downstream task of the registry (finetune/tasks.ts). Without
+ * `uniter finetune TASK`: fine-tune UNITER on a downstream task of the registry (finetune/task-registry.ts). Without
  * options it starts from the latest `uniter pretrain` run (runs/pretrain-default) when there is
  * one, trains on the synthetic world with the task's default settings, keeps the best model by
  * the validation metric in OUT/best, and writes the log, the report and the results files.
@@ -10,21 +10,31 @@ import { setDefaultThreads } from '../engine/runtime.js';
 import { parseConfig, type UniterConfig } from '../model/config.js';
 import type { LoadReport } from '../model/load.js';
 import { DEFAULT_MODEL, loadFinetuneConfig, parseFinetuneConfig, type FinetuneConfig } from '../finetune/defaults.js';
-import { getTask, openTaskData, taskRegistry } from '../finetune/tasks.js';
+import { getTask, openTaskData, taskRegistry, type DataPaths, type TaskDefinition } from '../finetune/task-registry.js';
 import { DEFAULT_PRETRAIN_RUN, RESULTS_DIR, configNextToWeights, finetune, initialFinetuneParams, resolveWeightsPath, type FinetuneResult } from '../finetune/trainer.js';
 import { writeTrainingReport } from '../report/training.js';
-import { parseArgs } from './args.js';
+import { UsageError, formatMetrics, guard, intFlag, parseArgs, printJsonLine, sayer } from './common.js';
 import type { Command } from './main.js';
 
 const USAGE = `finetune TASK [--config FILE] [--checkpoint PATH|none] [--data DIR] [--out DIR] [--steps N] [--seed N] [--resume] [--stop-after N] [--json] [--quiet] [--threads N]
+      Fine-tune on a downstream task; the best model by the validation metric goes to OUT/best (a
+      model folder with config.json, model.safetensors, vocab.txt and a README.md model card), the
+      log, the report and the official results files to OUT.
       TASK: ${[...taskRegistry().keys()].join(', ')}
-      --config FILE      official-style fine-tuning config (train-<task>-*.json field names); overrides the task defaults
-      --checkpoint PATH  pre-trained weights: model folder, checkpoint or run directory, safetensors or PyTorch file;
-                         'none' = fresh initialization; default: ${DEFAULT_PRETRAIN_RUN} when present
-      --data DIR         a world folder written by 'uniter world' (default: the synthetic world, generated in memory)
-      --out DIR          output directory (default runs/finetune-TASK)
-      --resume           continue the run in --out from its latest checkpoint (exactly: same batches, dropout, losses)
-      --stop-after N     stop after step N with a checkpoint (continue later with --resume)`;
+  --config FILE      official-style fine-tuning config (train-<task>-*.json field names); overrides the task defaults
+  --checkpoint PATH  pre-trained weights: model folder, checkpoint or run directory, safetensors or PyTorch file
+                     (a bare weights file needs a config beside it: convert it first, 'uniter convert IN.pt DIR');
+                     'none' = fresh initialization; default: ${DEFAULT_PRETRAIN_RUN} when present
+  --data DIR         a world folder written by 'uniter world' (default: the config's data, else the synthetic
+                     world, generated in memory); recorded with the run, so 'uniter evaluate' uses it too
+  --out DIR          output directory (default runs/finetune-TASK)
+  --steps N          optimizer steps (the config's num_train_steps, else the task's default)
+  --seed N           random seed (data order, dropout, new head weights)
+  --resume           continue the run in --out from its latest checkpoint (exactly: same batches, dropout, losses)
+  --stop-after N     stop after step N with a checkpoint (continue later with --resume)
+  --threads N        ONNX Runtime threads (default: the runtime's choice)
+  --json             print one JSON line at the end (task, out, steps, seconds, validation, best); the rest goes to stderr
+  --quiet            no progress display and no messages`;
 
 export interface FinetuneCliResult {
   task: string;
@@ -36,8 +46,8 @@ export interface FinetuneCliResult {
 /** The command's work, callable from tests: returns what it trained and where it wrote. */
 export async function runFinetune(argv: string[], say: (m: string) => void = (m) => process.stderr.write(m + '\n')): Promise<FinetuneCliResult> {
   const a = parseArgs(argv, { string: ['config', 'checkpoint', 'data', 'out', 'steps', 'seed', 'threads', 'stop-after'], boolean: ['resume', 'json', 'quiet'] }, USAGE);
-  if (a.positional.length !== 1) throw new Error(`finetune: expected one TASK (usage: uniter ${USAGE})`);
-  const task = getTask(a.positional[0]);
+  if (a.positional.length !== 1) throw new UsageError(a.positional.length ? `expected one TASK, got '${a.positional.join(' ')}'` : 'missing TASK');
+  const task = cliTask(a.positional[0]);
   if (a.string.threads) setDefaultThreads(intFlag(a.string.threads, '--threads', 1));
   const cwd = process.cwd();
   const overrides: Record<string, unknown> = {};
@@ -75,7 +85,7 @@ export async function runFinetune(argv: string[], say: (m: string) => void = (m)
       stopAtStep: a.string['stop-after'] !== undefined ? intFlag(a.string['stop-after'], '--stop-after', 1) : undefined,
       quiet,
       log: tell,
-      runConfig: { task: task.name, settings: s, options: config.options, checkpoint: weights, data: data.describe },
+      runConfig: { task: task.name, settings: s, options: config.options, checkpoint: weights, data: data.describe, dataSource: { paths: config.paths, worldDir: config.worldDir, inMemoryWorld: !config.paths && !config.worldDir } satisfies DataSource },
     });
     writeTrainingReport(path.join(outDir, 'log.jsonl'), path.join(outDir, 'report.html'), { title: `UNITER fine-tuning: ${task.name}` });
     return { task: task.name, outDir, result, load: init.report };
@@ -102,7 +112,11 @@ function baseModelConfig(config: FinetuneConfig, weights: string | null): Uniter
   if (config.model) return config.model.config;
   if (weights) {
     const stored = configNextToWeights(weights);
-    if (!stored) throw new Error(`${weights}: no model configuration next to these weights (config.json or trainer.json); set 'model_config' in --config`);
+    if (!stored) {
+      throw new Error(
+        `${weights}: no model configuration next to these weights (config.json, ${path.basename(weights).replace(/\.[^.]*$/, '')}.config.json or trainer.json). Convert the file into a model folder first: 'uniter convert ${weights} DIR' (add --config or --num-heads if asked), then --checkpoint DIR; or set 'model_config' in --config`,
+      );
+    }
     return parseConfig(stored, weights);
   }
   return { ...DEFAULT_MODEL };
@@ -113,48 +127,49 @@ function describeLoad(r: LoadReport): string {
   return `loaded ${r.loaded.length} tensors from ${r.source}; missing (fresh init): ${r.missing.length}${list(r.missing)}; unexpected (ignored): ${r.unexpected.length}${list(r.unexpected)}`;
 }
 
-export function intFlag(s: string, flag: string, min: number): number {
-  const n = Number(s);
-  if (!Number.isInteger(n) || n < min) throw new Error(`${flag} must be an integer >= ${min}, got '${s}'`);
-  return n;
+/** The registry's task, or a usage error listing the tasks. */
+export function cliTask(name: string): TaskDefinition {
+  try {
+    return getTask(name);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
-/** One line per split: its metrics, then how many examples were scored. */
-export function formatMetrics(metrics: Record<string, Record<string, number>>, examples: Record<string, number> = {}): string[] {
-  return Object.entries(metrics).map(([split, m]) => {
-    const values = Object.entries(m).map(([k, v]) => `${k} ${v.toFixed(4)}`);
-    if (examples[split] !== undefined) values.push(`(${examples[split]} examples)`);
-    return `  ${split.padEnd(5)} ${values.join('   ')}`;
-  });
+/** Where a fine-tuning run's data came from, as recorded in its checkpoints (trainer.json config.run.dataSource). */
+export interface DataSource {
+  paths: DataPaths | null;
+  worldDir: string | null;
+  /** The synthetic world generated in memory (preset 'default'). */
+  inMemoryWorld: boolean;
 }
 
 export const command: Command = {
   name: 'finetune',
   summary: `fine-tune on a downstream task: ${[...taskRegistry().keys()].join(', ')} (default: synthetic world)`,
-  async run(argv) {
-    const json = argv.includes('--json');
-    const say = (m: string) => (json ? process.stderr : process.stdout).write(m + '\n');
-    const { task, outDir, result } = await runFinetune(argv, say);
-    const quiet = argv.includes('--quiet');
-    if (!quiet) {
-      say(`\n${task}: ${result.steps} steps in ${result.seconds.toFixed(1)} s; last evaluation:`);
-      for (const line of formatMetrics(result.validation)) say(line);
-      if (result.best) say(`best: val ${result.best.metric} ${result.best.value.toFixed(4)} at step ${result.best.step} -> ${result.best.dir}`);
-      say(`report: ${path.join(outDir, 'report.html')}\nresults: ${path.join(outDir, RESULTS_DIR)}\ncheckpoints: ${path.join(outDir, 'ckpt')}`);
-    }
-    if (json) {
-      console.log(
-        JSON.stringify({
+  usage: USAGE,
+  run: (argv) =>
+    guard('finetune', USAGE, async () => {
+      const json = argv.includes('--json');
+      const quiet = argv.includes('--quiet');
+      const say = sayer(json);
+      const { task, outDir, result } = await runFinetune(argv, say);
+      if (!quiet) {
+        say(`\n${task}: ${result.steps} steps in ${result.seconds.toFixed(1)} s; last evaluation:`);
+        for (const line of formatMetrics(result.validation)) say(line);
+        if (result.best) say(`best: val ${result.best.metric} ${result.best.value.toFixed(4)} at step ${result.best.step} -> ${result.best.dir}`);
+        say(`report: ${path.join(outDir, 'report.html')}\nresults: ${path.join(outDir, RESULTS_DIR)}\ncheckpoints: ${path.join(outDir, 'ckpt')}`);
+      }
+      if (json) {
+        printJsonLine({
           task,
           out: outDir,
           steps: result.steps,
           seconds: Math.round(result.seconds * 10) / 10,
           validation: result.validation,
           best: result.best && { step: result.best.step, metric: result.best.metric, value: result.best.value, dir: result.best.dir },
-        }),
-      );
-    }
-    return 0;
-  },
+        });
+      }
+      return 0;
+    }),
 };
-

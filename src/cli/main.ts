@@ -1,10 +1,14 @@
 /** The `uniter` binary: one subcommand per job, each in its own file under src/cli/. */
 import * as fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { reportFailure } from './common.js';
 
 export interface Command {
   name: string;
   summary: string;
+  /** The help text: the synopsis line (without "uniter "), then every option explained. */
+  usage: string;
+  /** Exit status per src/cli/common.ts: 0 ok, 1 failure, 2 usage; errors thrown are reported the same way. */
   run(argv: string[]): Promise<number | void>;
 }
 
@@ -62,6 +66,11 @@ export async function main(argv: string[]): Promise<void> {
     process.exitCode = 2;
     return;
   }
-  const code = await cmd.run(rest);
+  let code: number | void;
+  try {
+    code = await cmd.run(rest);
+  } catch (e) {
+    code = reportFailure(cmd.name, cmd.usage, e);
+  }
   if (typeof code === 'number') process.exitCode = code;
 }

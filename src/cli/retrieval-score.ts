@@ -24,7 +24,7 @@ import {
   type RetrievalShardData,
   type RetrievalShardResult,
 } from '../queue/retrieval-shards.js';
-import { parseArgs } from './args.js';
+import { parseArgs } from './common.js';
 import type { Command } from './main.js';
 
 export const DEFAULT_QUEUE = 'uniter';
@@ -206,5 +206,6 @@ export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps
 export const command: Command = {
   name: 'retrieval-score',
   summary: 'score a whole retrieval split in shards (here or on uniter workers via Redis); results and R@1/5/10',
+  usage: USAGE,
   run: (argv) => runRetrievalScore(argv),
 };

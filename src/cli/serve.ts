@@ -10,22 +10,28 @@ import { generateWorld } from '../data/world.js';
 import { embeddedRecipe } from '../pretrain/run.js';
 import { Gallery, storeGallery, worldGallery } from '../serve/gallery.js';
 import { startServer } from '../serve/server.js';
-import { parseArgs } from './args.js';
+import { parseArgs, reportFailure } from './common.js';
 import type { Command } from './main.js';
 
 /** Where `uniter pretrain` (no config, no --out) leaves its final model folder. */
 export const DEFAULT_MODEL_DIR = path.join('runs', 'pretrain-default', 'model');
 
-const USAGE = `serve [--model DIR] [--detector DIR] [--port 8080] [--host 127.0.0.1] [--world] [--img-db DIR]
-             [--workers N] [--threads N] [--queue N]
+const USAGE = `serve [--model DIR] [--detector DIR] [--port 8080] [--host 127.0.0.1] [--world] [--img-db DIR] [--workers N] [--threads N] [--queue N]
       JSON API (POST /api/itm, /api/vqa, /api/ve, /api/nlvr2, /api/retrieval, /api/refexp,
-      /api/alignment; GET /api/health, /api/info, /api/gallery) and the page at /.
-      Without --model: ${DEFAULT_MODEL_DIR} (what 'uniter pretrain' writes) with the synthetic
-      world's test images. --world adds that gallery to another model trained on the world;
-      --img-db DIR offers an official img_db's images by key. --detector DIR (a BUTD detector
-      folder) lets the page and the API take photos.`;
+      /api/alignment; GET /api/health, /api/info, /api/gallery) and the page at /. Stops on SIGINT/SIGTERM
+      after the requests in flight.
+  --model DIR      model folder to serve (default ${DEFAULT_MODEL_DIR}, what 'uniter pretrain' writes,
+                   with the synthetic world's test images as the gallery)
+  --detector DIR   a BUTD detector folder: the page and the API then take photos
+  --port N         TCP port (default 8080)
+  --host H         address to listen on (default 127.0.0.1)
+  --world          add the synthetic world's gallery to another model trained on the world
+  --img-db DIR     offer an official img_db's images by key as the gallery
+  --workers N      inference worker threads (default: the server's choice)
+  --threads N      ONNX Runtime threads of each worker
+  --queue N        requests that may wait; beyond that the API answers 503`;
 
-const NOTE = 'Serving the tiny model the main job pre-trained on the synthetic world; its pictures are painted from each scene\'s shapes, colours and boxes. For real photos: convert an official checkpoint (uniter convert uniter-base.pt my-model/ [--ans2label ans2label.json]) and serve it with a detector folder: uniter serve --model my-model --detector my-detector.';
+const NOTE = 'Serving the tiny model the main job pre-trained on the synthetic world; its pictures are painted from each scene\'s shapes, colours and boxes. For real photos: convert an official checkpoint (uniter convert uniter-base.pt my-model/ --num-heads 12 [--ans2label ans2label.json]) and serve it with a detector folder: uniter serve --model my-model --detector my-detector.';
 
 function positiveInt(v: string | undefined, flag: string): number | undefined {
   if (v === undefined) return undefined;
@@ -37,6 +43,7 @@ function positiveInt(v: string | undefined, flag: string): number | undefined {
 export const command: Command = {
   name: 'serve',
   summary: 'HTTP API + web page: scores, answers and the word-region alignment, live',
+  usage: USAGE,
   async run(argv: string[]): Promise<number> {
     let a;
     let modelDir: string;
@@ -44,7 +51,7 @@ export const command: Command = {
     let opts;
     try {
       a = parseArgs(argv, { string: ['model', 'detector', 'port', 'host', 'workers', 'threads', 'queue', 'img-db'], boolean: ['world'] }, USAGE);
-      if (a.positional.length) throw new Error(`unexpected argument '${a.positional[0]}' (usage: uniter ${USAGE})`);
+      if (a.positional.length) throw new Error(`unexpected argument '${a.positional[0]}'`);
       const embedded = a.string.model === undefined;
       modelDir = a.string.model ?? DEFAULT_MODEL_DIR;
       if (embedded && !fs.existsSync(modelDir)) {
@@ -71,8 +78,7 @@ export const command: Command = {
         note: embedded ? NOTE : undefined,
       };
     } catch (e) {
-      console.error(`uniter serve: ${(e as Error).message}`);
-      return 2;
+      return reportFailure('serve', USAGE, e, () => true);
     }
     let server;
     try {

@@ -8,7 +8,7 @@ import { RETRIEVAL_JOB, RetrievalContext, type RetrievalShardData } from '../que
 import { EXTRACT_JOB, ExtractContext, type ExtractBatchData } from '../queue/extract-shards.js';
 import { startWorker, WORKER_NAME } from '../queue/worker.js';
 import { DEFAULT_QUEUE } from './retrieval-score.js';
-import { parseArgs } from './args.js';
+import { parseArgs } from './common.js';
 import type { Command } from './main.js';
 
 const USAGE = `worker --redis URL [--queue NAME] [--concurrency N] [--threads N] [--lock-ms MS] [--quiet]
@@ -95,5 +95,6 @@ export async function runWorker(argv: string[]): Promise<number> {
 export const command: Command = {
   name: 'worker',
   summary: 'take retrieval-score / extract shards from a Redis (BullMQ) queue and compute them',
+  usage: USAGE,
   run: (argv) => runWorker(argv),
 };

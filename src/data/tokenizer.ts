@@ -216,3 +216,8 @@ export function defaultTokenizer(): BertTokenizer {
   cached ??= BertTokenizer.load();
   return cached;
 }
+
+/** The bundled bert-base-cased vocabulary file (what model folders carry as vocab.txt). */
+export function bundledVocabPath(): string {
+  return packageAssetPath(VOCAB_RELATIVE);
+}

@@ -19,8 +19,14 @@ import { replaceDirAtomic, writeFileAtomic } from '../util/atomic.js';
 
 export class TxtDbError extends Error {}
 
-/** meta.json of a store written with the bundled bert-base-cased vocabulary. */
+/**
+ * meta.json of a store written with the bundled bert-base-cased vocabulary: the fields the official
+ * prepro.py writes (`toker` is its --toker option, which the official trainers read, e.g. the
+ * referring-expression trainer; `tokenizer` and `bert` repeat it).
+ */
 export const BERT_BASE_CASED_META = {
+  toker: 'bert-base-cased',
+  tokenizer: 'bert-base-cased',
   bert: 'bert-base-cased',
   UNK: 100,
   CLS: 101,

@@ -14,6 +14,7 @@ import type { TextRecord } from './types.js';
 import { defaultTokenizer, type BertTokenizer } from './tokenizer.js';
 import { readBUTDNpz, type ButdFeatures } from './npz.js';
 import { ImgDb, writeImgDb, type ImageFeatures, type ImgDbOptions } from './imgdb.js';
+import { TOKENIZER_NAME } from '../model/model-card.js';
 import { TxtDb, writeTxtDb } from './txtdb.js';
 
 export const TEXT_FIELDS = ['text', 'caption', 'question', 'statement', 'expression'] as const;
@@ -87,7 +88,12 @@ export interface BuildOptions extends Pick<ImgDbOptions, 'confTh' | 'maxBb' | 'm
   /** The feature width to keep (default: the width most valid images have). */
   imgDim?: number;
   tokenizer?: BertTokenizer;
+  /** Progress of the long phases (checking and writing images), for the command's display. */
+  onProgress?: DataProgress;
 }
+
+/** `phase` names what is counted; called after each item with the count so far and the phase's total. */
+export type DataProgress = (phase: string, done: number, total: number) => void;
 
 export interface BuildReport {
   name: string;
@@ -134,7 +140,9 @@ export function buildUserData(opts: BuildOptions): BuildReport {
   // Pass 1: every image on its own (readable, finite, required fields, sane boxes, >= 1 box).
   const imageProblem = new Map<string, string>();
   const dimsOf = new Map<string, { imgDim: number; labelDim: number }>();
+  let checked = 0;
   for (const img of wanted) {
+    opts.onProgress?.('checking images', checked++, wanted.length);
     const file = path.join(opts.imagesDir, img);
     if (!fs.existsSync(file)) {
       imageProblem.set(img, `image "${img}" not found in ${opts.imagesDir}`);
@@ -210,16 +218,25 @@ export function buildUserData(opts: BuildOptions): BuildReport {
   let imageCount: number;
   let textCount: number;
   try {
+    opts.onProgress?.('checking images', wanted.length, wanted.length);
     function* images(): Generator<ImageFeatures> {
+      let written = 0;
       for (const img of wanted) {
         if (!used.has(img)) continue;
+        opts.onProgress?.('writing img_db', written++, used.size);
         const f = readBUTDNpz(path.join(opts.imagesDir, img));
         yield { fname: img, features: f.features, normBb: f.normBb, conf: f.conf, softLabels: f.softLabels, numBoxes: f.numBoxes };
       }
     }
     imageCount = writeImgDb(path.join(stage, 'img'), images(), { confTh: opts.confTh, maxBb: opts.maxBb, minBb: opts.minBb, compress: opts.compress }).count;
+    opts.onProgress?.('writing img_db', used.size, used.size);
+    // The official prepro.py fields: its options (annotation, output, toker), then the tokenizer facts.
     const meta = {
-      bert: 'bert-base-cased',
+      annotation: path.resolve(opts.jsonl),
+      output: path.resolve(txtDir),
+      toker: TOKENIZER_NAME,
+      tokenizer: TOKENIZER_NAME,
+      bert: TOKENIZER_NAME,
       UNK: tokenizer.unk,
       CLS: tokenizer.cls,
       SEP: tokenizer.sep,
@@ -372,7 +389,7 @@ function findStores(root: string, depth: number, txt: string[], img: string[]): 
  * images with NaN features or an odd feature width, and (when img_dbs are present) text records
  * whose image is in none of them.
  */
-export function inspectData(p: string): InspectReport {
+export function inspectData(p: string, onProgress?: DataProgress): InspectReport {
   if (!fs.existsSync(p)) throw new UserDataError(`${p}: no such file or directory`);
   const txtDirs: string[] = [];
   const imgDirs: string[] = [];
@@ -393,7 +410,10 @@ export function inspectData(p: string): InspectReport {
       }
       try {
         const nbbs: number[] = [];
-        for (const k of db.keys()) {
+        const keys = db.keys();
+        let n = 0;
+        for (const k of keys) {
+          onProgress?.(`reading ${path.basename(dir)}`, n++, keys.length);
           knownImages.add(k);
           try {
             const rec = db.get(k);
@@ -432,7 +452,10 @@ export function inspectData(p: string): InspectReport {
     }
     try {
       const lens: number[] = [];
-      for (const id of db.ids()) {
+      const ids = db.ids();
+      let n = 0;
+      for (const id of ids) {
+        onProgress?.(`reading ${path.basename(dir)}`, n++, ids.length);
         const len = db.len(id);
         lens.push(len);
         let rec: TextRecord;

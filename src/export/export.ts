@@ -15,7 +15,7 @@ import { fromOrt, toOrt } from '../engine/runtime.js';
 import { UniterRunner } from '../model/runner.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { PretrainedModel, loadPretrained } from '../api/pretrained.js';
-import { SCORE_OUTPUT, ScoringTask, TaskRequest } from '../api/tasks.js';
+import { SCORE_OUTPUT, ScoringTask, TaskRequest } from '../api/scoring-heads.js';
 import { OutputInfo, WrittenOnnx, writeOnnxModel } from './onnx-file.js';
 import { VERIFY_SHAPES, sampleBatch } from './sample.js';
 

@@ -10,7 +10,7 @@ import { positionFeatures } from '../data/types.js';
 import type { UniterConfig } from '../model/config.js';
 import { Rng } from '../util/rng.js';
 import { ModelInput, RegionFeatures, collateInputs } from '../api/inputs.js';
-import type { ScoringTask } from '../api/tasks.js';
+import type { ScoringTask } from '../api/scoring-heads.js';
 
 export interface SampleShape {
   /** Examples (statements for NLVR2, questions for VCR: 2 candidate rows each). */

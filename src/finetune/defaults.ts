@@ -17,7 +17,7 @@
 import * as path from 'node:path';
 import type { ImgDbOptions } from '../data/imgdb.js';
 import { PRESETS, parseConfig, type UniterConfig } from '../model/config.js';
-import type { DataPaths, TaskDefinition, TaskOptionValues } from './tasks.js';
+import type { DataPaths, TaskDefinition, TaskOptionValues } from './task-registry.js';
 import type { FinetuneSettings } from './trainer.js';
 import { readJsonFile, readJsonObject } from '../util/json.js';
 

@@ -18,7 +18,7 @@ import type { HeadName } from '../model/params.js';
 import type { UniterRunner } from '../model/runner.js';
 import { initTypeEmbedding } from '../model/surgery.js';
 import { argmaxRows, crossEntropySum, nlvr2Metrics } from './metrics.js';
-import { ConcatDataset, evaluationBatches, loaderSource, mergeEvaluations, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './tasks.js';
+import { ConcatDataset, evaluationBatches, loaderSource, mergeEvaluations, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './task-registry.js';
 import type { Evaluation } from './trainer.js';
 
 export const NLVR2_VARIANTS = ['paired', 'paired-attn', 'triplet'] as const;
@@ -82,6 +82,7 @@ async function evaluateSplit(runner: UniterRunner, data: TaskData, ctx: Omit<Eva
       labels.set(ids[i], targets[i] === 1);
       lines.push(`${ids[i]},${p === 1 ? 'True' : 'False'}`);
     });
+    ctx.onProgress?.(labels.size, ds.ids.length);
   }
   const m = nlvr2Metrics(predictions, labels);
   return {
@@ -123,6 +124,8 @@ export const nlvr2Task: TaskDefinition = {
     return {
       name: 'nlvr2',
       graphTask: GRAPH_OF[variant],
+      // answer_scores columns: the statement is false / true of the image pair (official results 'False' / 'True').
+      labels: ['False', 'True'],
       isHeadParam: () => false,
       selectMetric: 'acc',
       train: loaderSource(trainLoader(train, settings), (b) => ({ ...b, batch: withImageTypes(b.batch) })),

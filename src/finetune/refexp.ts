@@ -31,7 +31,7 @@ import type { UniterRunner } from '../model/runner.js';
 import { Rng } from '../util/rng.js';
 import { argmaxRows } from './metrics.js';
 import { computeIoU, isCorrectGrounding, regionBoxXywh, type XywhBox } from './iou.js';
-import { loaderSource, splitOf, type EvalSplit, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './tasks.js';
+import { loaderSource, splitOf, type EvalSplit, type SplitData, type TaskData, type TaskDefinition, type TaskOptionValues } from './task-registry.js';
 import type { Evaluation, FinetuneSettings, TrainBatchSource } from './trainer.js';
 import { recipe } from './defaults.js';
 
@@ -153,6 +153,7 @@ export interface ReEvalInput {
   /** Expressions per forward pass (official val_batch_size 128-256). */
   batchSize: number;
   specialIds?: SpecialIds;
+  onProgress?: (done: number, total: number) => void;
 }
 
 /** Score every expression against the regions of its image and measure grounding accuracy. */
@@ -170,6 +171,7 @@ export async function evaluateRe(runner: UniterRunner, input: ReEvalInput): Prom
     for (let i = b0; i < Math.min(ds.ids.length, b0 + input.batchSize); i++) examples.push(ds.get(i));
     const batch = ds.collate(examples);
     const out = await runner.run(graphTask, batch, { training: false, grads: false, inference: true });
+    input.onProgress?.(b0 + examples.length, ds.ids.length);
     const scores = out.get('scores');
     if (!scores) throw new Error(`re evaluation: graph '${graphTask}' returned no 'scores'`);
     const nMax = scores.shape[1];
@@ -307,7 +309,7 @@ function splitInfo(split: SplitData): { images: Map<number, ReImageEntry>; ids: 
 }
 
 /** Accuracy on GT boxes and, when the split has a detection store, on detected boxes. */
-export async function evaluateReSplit(runner: UniterRunner, split: SplitData, splitName: EvalSplit, tag: string, batchSize: number): Promise<Evaluation> {
+export async function evaluateReSplit(runner: UniterRunner, split: SplitData, splitName: EvalSplit, tag: string, batchSize: number, onProgress?: (done: number, total: number) => void): Promise<Evaluation> {
   const { images, ids } = splitInfo(split);
   const stores = reStores(split);
   const metrics: Record<string, number> = {};
@@ -316,7 +318,10 @@ export async function evaluateReSplit(runner: UniterRunner, split: SplitData, sp
   for (const boxes of ['gt', 'det'] as const) {
     const img = boxes === 'gt' ? stores.gt : stores.det;
     if (!img) continue;
-    const ev = await evaluateRe(runner, { txt: split.txt, img, boxes, images, ids, batchSize });
+    // GT and detected boxes: two passes over the same expressions, shown as one count.
+    const passes = stores.gt && stores.det ? 2 : 1;
+    const offset = boxes === 'det' && stores.gt ? ids.length : 0;
+    const ev = await evaluateRe(runner, { txt: split.txt, img, boxes, images, ids, batchSize, onProgress: onProgress && ((d) => onProgress(offset + d, passes * ids.length)) });
     metrics[`acc_${boxes}`] = ev.acc;
     examples = ev.examples;
     files.push({ name: `re_${splitName}_${boxes}_results_${tag}.json`, content: JSON.stringify(ev.predictions) + '\n' });
@@ -378,5 +383,5 @@ export const reTask: TaskDefinition = {
       },
     };
   },
-  evaluate: (runner, ctx) => evaluateReSplit(runner, splitOf(ctx.data, ctx.split, 're'), ctx.split, ctx.tag, ctx.batchSize),
+  evaluate: (runner, ctx) => evaluateReSplit(runner, splitOf(ctx.data, ctx.split, 're'), ctx.split, ctx.tag, ctx.batchSize, ctx.onProgress),
 };

@@ -38,7 +38,7 @@ import { initRankOutput } from '../model/surgery.js';
 import { Rng } from '../util/rng.js';
 import type { Evaluation, FinetuneSettings, MicroStep, SurgeryHooks, TrainBatchSource } from './trainer.js';
 import { recipe } from './defaults.js';
-import { splitOf, type EvalSplit, type TaskDefinition, type TaskOptionValues } from './tasks.js';
+import { splitOf, type EvalSplit, type TaskDefinition, type TaskOptionValues } from './task-registry.js';
 import { type RetrievalMetrics, type ScoreMatrix, metricsFromRanks, retrievalRanks } from './recall.js';
 
 // ---------------------------------------------------------------------------------------------
@@ -743,6 +743,6 @@ export const retrievalTask: TaskDefinition = {
     if (!runner.params.has('rank_output.weight') && runner.params.has('itm_output.weight')) initRankOutput(runner.params);
     const o = retrievalOptions(ctx.options ?? {}, 'retrieval options');
     const s = splitOf(ctx.data, ctx.split, 'retrieval');
-    return evaluateRetrievalSplit(runner, { txt: s.txt, img: s.img }, ctx.split, ctx.tag, { rowsPerBatch: ctx.batchSize, imagesPerGroup: o.imagesPerGroup });
+    return evaluateRetrievalSplit(runner, { txt: s.txt, img: s.img }, ctx.split, ctx.tag, { rowsPerBatch: ctx.batchSize, imagesPerGroup: o.imagesPerGroup, onProgress: ctx.onProgress });
   },
 };

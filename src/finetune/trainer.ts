@@ -23,7 +23,7 @@ import type { UniterConfig } from '../model/config.js';
 import { allSpecs, initParams, TIES, type HeadName, type HeadOptions } from '../model/params.js';
 import { loadNonStrict, readWeightsAny, type LoadReport } from '../model/load.js';
 import { UniterRunner } from '../model/runner.js';
-import type { DownstreamTask } from '../model/tasks.js';
+import type { DownstreamTask } from '../model/task-graphs.js';
 import { AdamW, clipGradNorm } from '../pretrain/optimizer.js';
 import { learningRateAt } from '../pretrain/schedule.js';
 import { CONFIG_FILE, LATEST_FILE, MODEL_FILE, TRAINER_FILE, checkpointRoot, loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from '../pretrain/checkpoint.js';
@@ -267,7 +267,11 @@ export async function finetune(opts: FinetuneOptions): Promise<FinetuneResult> {
     if (value === undefined) throw new Error(`task ${job.name}: evaluation gave no 'val' metric '${job.selectMetric}' to choose the best model by`);
     if (best === null || value > best.value) {
       best = { step, metric: job.selectMetric, value, metrics: ev.metrics };
-      saveModelFolder(bestDir, { ...cfg, ...(job.labels ? { id2label: Object.fromEntries(job.labels.map((l, i) => [String(i), l])) } : {}) }, values, shapes, { ties: TIES });
+      const recordedData = (opts.runConfig as { data?: unknown } | undefined)?.data;
+      saveModelFolder(bestDir, { ...cfg, ...(job.labels ? { id2label: Object.fromEntries(job.labels.map((l, i) => [String(i), l])) } : {}) }, values, shapes, {
+        ties: TIES,
+        card: { trainedBy: `uniter finetune ${job.name} (best by val ${job.selectMetric} at step ${step})`, task: job.name, steps: step, metrics: ev.metrics, data: typeof recordedData === 'string' ? recordedData : undefined },
+      });
       writeFileAtomic(path.join(outDir, BEST_INFO_FILE), JSON.stringify(best, null, 1) + '\n');
       progress.log(`best model so far (val ${job.selectMetric} ${value.toFixed(4)} at step ${step}) -> ${bestDir}`);
     }
@@ -394,7 +398,11 @@ export function resolveWeightsPath(p: string): string {
  * (or next to a weights file), or the model config a checkpoint's trainer.json records.
  */
 export function configNextToWeights(weights: string): Record<string, unknown> | null {
-  const dir = fs.statSync(weights).isDirectory() ? weights : path.dirname(weights);
+  const isDir = fs.statSync(weights).isDirectory();
+  const dir = isDir ? weights : path.dirname(weights);
+  // A weights file written by `uniter convert --to-torch` has its config beside it as STEM.config.json.
+  const sidecar = isDir ? null : path.join(dir, `${path.basename(weights).replace(/\.[^.]*$/, '')}.config.json`);
+  if (sidecar && fs.existsSync(sidecar)) return readJsonObject(sidecar, 'model config');
   const cfgFile = path.join(dir, CONFIG_FILE);
   if (fs.existsSync(cfgFile)) return readJsonObject(cfgFile, 'model config');
   const trainerFile = path.join(dir, TRAINER_FILE);

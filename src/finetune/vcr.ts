@@ -29,7 +29,7 @@ import type { UniterRunner } from '../model/runner.js';
 import { growWordEmbedding, initVcrTypeEmbedding } from '../model/surgery.js';
 import { Rng } from '../util/rng.js';
 import { argmaxRows, crossEntropySum, vcrCorrect } from './metrics.js';
-import { ConcatDataset, loaderSource, splitOf, trainLoader, type EvaluateContext, type SplitData, type TaskDefinition } from './tasks.js';
+import { ConcatDataset, loaderSource, splitOf, trainLoader, type EvaluateContext, type SplitData, type TaskDefinition } from './task-registry.js';
 import type { Evaluation } from './trainer.js';
 
 /** Word-piece rows the official VCR code adds (person tags and the like). */
@@ -82,14 +82,17 @@ interface VcrScores {
   qarTargets: Map<string, number>;
 }
 
-async function scoreSplit(runner: UniterRunner, split: SplitData, mode: EvalMode, batchExamples: number, seed: number): Promise<VcrScores> {
+async function scoreSplit(runner: UniterRunner, split: SplitData, mode: EvalMode, batchExamples: number, seed: number, onProgress?: (done: number, total: number) => void): Promise<VcrScores> {
   const ds = new VcrEvalDataset(split.txt, imagesOf(split), { split: mode });
   if (ds.ids.length === 0) throw new Error(`${split.name}: the evaluation split has no examples`);
   const sampler = new ExampleCountSampler(ds, { batchSize: batchExamples, shuffle: false, dropLast: false }, new Rng(seed, 'vcr-eval'));
   const loader = new TaskLoader(ds, { seed, sampler });
   const out: VcrScores = { scores: new Map(), qaTargets: new Map(), qarTargets: new Map() };
+  let done = 0;
   for (const { batch, ids } of loader.restOfEpoch()) {
     const r = await runner.run('vcr', batch, { training: false, grads: false, inference: true });
+    done += ids.length;
+    onProgress?.(done, ds.ids.length);
     const logits = r.get('answer_scores')!.data as Float32Array;
     const rows = logits.length / 2;
     if (rows % ids.length !== 0) throw new Error(`${split.name}: ${rows} scored rows for ${ids.length} questions`);
@@ -153,9 +156,9 @@ export function vcrSubmissionCsv(scores: ReadonlyMap<string, readonly number[]>)
   return [header, ...lines].join('\n') + '\n';
 }
 
-async function evaluateSplit(runner: UniterRunner, split: SplitData, mode: EvalMode, splitName: string, batchExamples: number, seed: number, tag: string): Promise<Evaluation> {
+async function evaluateSplit(runner: UniterRunner, split: SplitData, mode: EvalMode, splitName: string, batchExamples: number, seed: number, tag: string, onProgress?: (done: number, total: number) => void): Promise<Evaluation> {
   if (!runner.params.has('vcr_output.3.weight')) throw new Error("the model has no 'vcr_output.3.weight': not a VCR model");
-  const s = await scoreSplit(runner, split, mode, batchExamples, seed);
+  const s = await scoreSplit(runner, split, mode, batchExamples, seed, onProgress);
   const m = vcrMetrics(s, mode);
   const ev: Evaluation = { metrics: { [splitName]: m ?? {} }, examples: { [splitName]: s.scores.size }, files: [] };
   if (mode === 'test') {
@@ -205,5 +208,5 @@ export const vcrTask: TaskDefinition = {
       evaluate: (runner, { final, tag }) => evaluateSplit(runner, val, final ? 'test' : 'val', 'val', settings.valBatchSize, settings.seed, tag),
     };
   },
-  evaluate: (runner, ctx: EvaluateContext) => evaluateSplit(runner, splitOf(ctx.data, ctx.split, 'vcr'), 'test', ctx.split, ctx.batchSize, ctx.seed, ctx.tag),
+  evaluate: (runner, ctx: EvaluateContext) => evaluateSplit(runner, splitOf(ctx.data, ctx.split, 'vcr'), 'test', ctx.split, ctx.batchSize, ctx.seed, ctx.tag, ctx.onProgress),
 };

@@ -8,7 +8,7 @@
 import { VeDataset } from '../data/datasets.js';
 import { VE_LABELS } from '../data/world/concepts.js';
 import type { UniterRunner } from '../model/runner.js';
-import { ConcatDataset, loaderSource, mergeEvaluations, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type TaskData, type TaskDefinition } from './tasks.js';
+import { ConcatDataset, loaderSource, mergeEvaluations, splitOf, trainLoader, type EvalSplit, type EvaluateContext, type TaskData, type TaskDefinition } from './task-registry.js';
 import type { Evaluation } from './trainer.js';
 import { headAnswers, scoreAnswers } from './vqa.js';
 
@@ -16,7 +16,7 @@ async function evaluateSplit(runner: UniterRunner, data: TaskData, ctx: Omit<Eva
   const n = headAnswers(runner, 'vqa_output.3.weight');
   if (n !== VE_LABELS.length) throw new Error(`the model answers ${n} classes; an SNLI-VE model has ${VE_LABELS.length} (${VE_LABELS.join(', ')})`);
   const split = splitOf(data, ctx.split, 've');
-  const r = await scoreAnswers(runner, 've', new VeDataset(split.txt, split.img, { requireTargets: false }), ctx.batchSize, ctx.seed);
+  const r = await scoreAnswers(runner, 've', new VeDataset(split.txt, split.img, { requireTargets: false }), ctx.batchSize, ctx.seed, ctx.onProgress);
   const results: Record<string, string> = {};
   for (const [id, label] of r.predicted) results[id] = VE_LABELS[label];
   const metrics: Record<string, number> = {};

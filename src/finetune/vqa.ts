@@ -10,7 +10,7 @@
 import { VqaDataset } from '../data/datasets.js';
 import type { UniterRunner } from '../model/runner.js';
 import { bceWithLogitsSum, argmaxRows, vqaScores } from './metrics.js';
-import { ConcatDataset, evaluationBatches, label2answer, loaderSource, splitOf, trainLoader, type EvaluateContext, type SplitData, type TaskData, type TaskDefinition } from './tasks.js';
+import { ConcatDataset, evaluationBatches, label2answer, loaderSource, splitOf, trainLoader, type EvaluateContext, type SplitData, type TaskData, type TaskDefinition } from './task-registry.js';
 import type { Evaluation } from './trainer.js';
 
 export interface AnswerScoring {
@@ -32,7 +32,7 @@ export interface AnswerPredictions {
 }
 
 /** Score every example of a split with the VQA-style head (graph task 'vqa' or 've'). */
-export async function scoreAnswers(runner: UniterRunner, graphTask: 'vqa' | 've', dataset: VqaDataset, batchTokens: number, seed: number): Promise<AnswerPredictions> {
+export async function scoreAnswers(runner: UniterRunner, graphTask: 'vqa' | 've', dataset: VqaDataset, batchTokens: number, seed: number, onProgress?: (done: number, total: number) => void): Promise<AnswerPredictions> {
   const predicted = new Map<string, number>();
   let scoreSum = 0;
   let lossSum = 0;
@@ -41,6 +41,7 @@ export async function scoreAnswers(runner: UniterRunner, graphTask: 'vqa' | 've'
     const out = await runner.run(graphTask, batch, { training: false, grads: false, inference: true, numAnswers: dataset.numAnswers });
     const logits = out.get('answer_scores')!.data as Float32Array;
     argmaxRows(logits, dataset.numAnswers).forEach((a, i) => predicted.set(ids[i], a));
+    onProgress?.(predicted.size, dataset.ids.length);
     const targets = batch.get('targets');
     if (targets) {
       const t = targets.data as Float32Array;
@@ -75,7 +76,7 @@ async function evaluateSplit(runner: UniterRunner, split: SplitData, ctx: Evalua
   const numAnswers = headAnswers(runner, 'vqa_output.3.weight');
   if (numAnswers !== answers.length) throw new Error(`the model answers ${numAnswers} classes but the answer vocabulary has ${answers.length}`);
   const dataset = new VqaDataset(split.txt, split.img, { numAnswers, requireTargets: false });
-  const r = await scoreAnswers(runner, 'vqa', dataset, ctx.batchSize, ctx.seed);
+  const r = await scoreAnswers(runner, 'vqa', dataset, ctx.batchSize, ctx.seed, ctx.onProgress);
   const results = [...r.predicted].map(([id, label]) => ({ question_id: questionId(id), answer: answers[label] }));
   const metrics: Record<string, number> = {};
   if (r.score !== null) metrics.score = r.score;

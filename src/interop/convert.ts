@@ -23,11 +23,70 @@ import { inferDetectorConfig } from './detector-weights.js';
 import { TorchCheckpointError } from './torch-tensor.js';
 import { TorchSaveFormat, serializeTorchCheckpoint, stateDictFromHost } from './torch-writer.js';
 import { readJsonObject } from '../util/json.js';
-import { readAns2Label } from '../finetune/tasks.js';
+import { readAns2Label } from '../finetune/task-registry.js';
+import { parseConfig } from '../model/config.js';
+import { modelFolderExtras, withModelType } from '../model/model-card.js';
+import { allSpecs, bodySpecs } from '../model/params.js';
+import { headOf } from '../model/task-graphs.js';
+import { loadModelFolder } from '../pretrain/checkpoint.js';
+import { headsInWeights } from '../api/scoring-heads.js';
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
 export const WEIGHTS_FORMAT = 'UNITER state_dict (official names), float32';
+
+/** A conversion refused before anything was written (bad output path, unloadable result, unknown head count). */
+export class ConvertError extends Error {}
+
+/**
+ * The config written beside a weights file by `--to-torch` / `--to-torch-safetensors`, and read
+ * back when that file is converted again: OUT.pt -> OUT.config.json (the last extension replaced).
+ */
+export function sidecarConfigPath(weightsFile: string): string {
+  const base = path.basename(weightsFile);
+  const stem = base.includes('.') ? base.slice(0, base.lastIndexOf('.')) : base;
+  return path.join(path.dirname(weightsFile), `${stem}.config.json`);
+}
+
+/** Refuse an output folder that is a file, or an existing one without overwrite. */
+function checkModelOutDir(outDir: string, overwrite: boolean): void {
+  if (!fs.existsSync(outDir)) return;
+  if (!fs.statSync(outDir).isDirectory()) throw new ConvertError(`${outDir} is a file, not a folder; choose another output path`);
+  if (!overwrite) throw new ConvertError(`${outDir} already exists; pass --overwrite to replace it (it is replaced atomically, only once the new folder has loaded)`);
+}
+
+/** Refuse an output file that is a folder, or an existing one without overwrite. */
+function checkOutFile(file: string, overwrite: boolean): void {
+  if (!fs.existsSync(file)) return;
+  if (fs.statSync(file).isDirectory()) throw new ConvertError(`${file} is a folder; give a file path (e.g. ${path.join(file, 'model.pt')})`);
+  if (!overwrite) throw new ConvertError(`${file} already exists; pass --overwrite to replace it`);
+}
+
+/**
+ * Load a just-written model folder the way the library will: config.json parses, every tensor is
+ * float32 and finite, the model body is complete with the config's shapes, and the heads present
+ * have their shapes. Throws naming the first problem.
+ */
+export function verifyModelFolder(dir: string): void {
+  const { config } = loadModelFolder(dir); // float tensors only (int8 etc. refused), config.json readable
+  const cfg = parseConfig(config, path.join(dir, CONFIG_FILE));
+  const weights = readUniterWeights(dir);
+  const shapes = new Map([...weights.tensors].map(([k, t]) => [k, t.shape]));
+  const aliases = new Set(Object.keys(weights.tied));
+  const check = (name: string, want: readonly number[], required: boolean) => {
+    const got = shapes.get(name);
+    if (!got) {
+      if (required && !aliases.has(name)) throw new ConvertError(`the weights lack '${name}' (shape [${want}]) of the model body`);
+      return;
+    }
+    if (got.join() !== want.join()) throw new ConvertError(`tensor '${name}' has shape [${got}], the config needs [${want}]`);
+  };
+  for (const spec of bodySpecs(cfg)) check(spec.name, spec.shape, true);
+  for (const { task } of headsInWeights(shapes, cfg)) {
+    const vqa = shapes.get('vqa_output.3.weight');
+    for (const spec of allSpecs(cfg, headOf(task), { numAnswers: vqa?.[0] })) check(spec.name, spec.shape, false);
+  }
+}
 
 export interface ConvertReport extends OfficialWeights {
   input: string;
@@ -42,24 +101,48 @@ export interface ConvertReport extends OfficialWeights {
   weightsFile: string;
 }
 
-/** PyTorch checkpoint -> OUT_DIR/config.json + OUT_DIR/model.safetensors (each written atomically). */
 /**
- * PyTorch checkpoint -> model folder. With `ans2label` (the official VQA answer vocabulary
- * {answer: row}), config.json also names the answer head's rows (`id2label`), so pipelines answer
- * in words; its size must match the head.
+ * PyTorch checkpoint -> model folder (config.json with model_type, model.safetensors, vocab.txt,
+ * README.md). The config comes from `configFile`, else from the config written beside the
+ * checkpoint (IN.config.json, as --to-torch writes it, or config.json in the same folder), else
+ * from the tensor shapes; the head count cannot be read off shapes, so without one of those it
+ * must be given (`numHeads`) and is never guessed. With `ans2label` (the official VQA answer
+ * vocabulary {answer: row}), config.json also names the answer head's rows (`id2label`).
+ *
+ * The folder is built aside, loaded back (verifyModelFolder) and only then renamed into place; an
+ * existing OUT_DIR is replaced (atomically) only with `overwrite`. On any error nothing is left.
  */
-export function convertTorchCheckpoint(input: string, outDir: string, opts: { configFile?: string; ans2label?: string; checkpoint?: TorchCheckpoint } = {}): ConvertReport {
+export function convertTorchCheckpoint(
+  input: string,
+  outDir: string,
+  opts: { configFile?: string; ans2label?: string; checkpoint?: TorchCheckpoint; numHeads?: number; overwrite?: boolean } = {},
+): ConvertReport {
+  checkModelOutDir(outDir, opts.overwrite === true);
   const ckpt = opts.checkpoint ?? readTorchCheckpoint(input);
   const official = toOfficialWeights(ckpt);
-  const given = opts.configFile ? { source: opts.configFile, json: readJsonObject(opts.configFile, 'config', (m) => new TorchCheckpointError(m)) } : undefined;
+  let given: { source: string; json: Record<string, unknown> } | undefined;
+  if (opts.configFile) given = { source: opts.configFile, json: readJsonObject(opts.configFile, 'config', (m) => new TorchCheckpointError(m)) };
+  else {
+    for (const beside of [sidecarConfigPath(input), path.join(path.dirname(input), CONFIG_FILE)]) {
+      if (fs.existsSync(beside) && fs.statSync(beside).isFile()) {
+        given = { source: beside, json: readJsonObject(beside, 'config', (m) => new TorchCheckpointError(m)) };
+        break;
+      }
+    }
+  }
+  if (opts.numHeads !== undefined) {
+    const stated = given?.json.num_attention_heads;
+    if (stated !== undefined && stated !== opts.numHeads) throw new ConvertError(`--num-heads ${opts.numHeads} contradicts num_attention_heads ${JSON.stringify(stated)} in ${given!.source}`);
+    given = { source: given ? `${given.source} + --num-heads` : '--num-heads', json: { ...(given?.json ?? {}), num_attention_heads: opts.numHeads } };
+  }
+  if (given?.json.num_attention_heads === undefined) {
+    const hidden = official.tensors.get('uniter.embeddings.word_embeddings.weight')?.shape[1];
+    const known = hidden === 768 ? ' (UNITER-base has 12 heads: --num-heads 12 or --config configs/official/uniter-base.json)' : hidden === 1024 ? ' (UNITER-large has 16: --num-heads 16 or --config configs/official/uniter-large.json)' : '';
+    throw new TorchCheckpointError(
+      `cannot infer config field 'num_attention_heads': tensor shapes do not show the head count${given ? ` and ${given.source} does not give it` : ''}; pass --num-heads N or --config with a model config JSON${known}`,
+    );
+  }
   const { config, notes } = resolveUniterConfig(official.tensors, given);
-  const configFile = path.join(outDir, CONFIG_FILE);
-  const weightsFile = path.join(outDir, WEIGHTS_FILE);
-  writeSafetensors(weightsFile, official.tensors, {
-    format: WEIGHTS_FORMAT,
-    tied: JSON.stringify(official.tied),
-    source: path.basename(input),
-  });
   let id2label: Record<string, string> | undefined;
   if (opts.ans2label) {
     const a2l = readAns2Label(opts.ans2label);
@@ -69,7 +152,17 @@ export function convertTorchCheckpoint(input: string, outDir: string, opts: { co
     if (n !== head.shape[0]) throw new TorchCheckpointError(`${opts.ans2label} names ${n} answers, the VQA head of ${input} has ${head.shape[0]}`);
     id2label = Object.fromEntries(Object.entries(a2l).map(([a, l]) => [String(l), a]).sort((x, y) => Number(x[0]) - Number(y[0])));
   }
-  writeFileAtomic(configFile, `${JSON.stringify(id2label ? { ...config, id2label } : config, null, 2)}\n`);
+  const full = withModelType(id2label ? { ...config, id2label } : { ...config });
+  replaceDirAtomic(outDir, (tmp) => {
+    writeSafetensors(path.join(tmp, WEIGHTS_FILE), official.tensors, { format: WEIGHTS_FORMAT, tied: JSON.stringify(official.tied), source: path.basename(input) });
+    writeFileAtomic(path.join(tmp, CONFIG_FILE), `${JSON.stringify(full, null, 2)}\n`);
+    for (const [name, content] of modelFolderExtras(full, { trainedBy: `uniter convert from ${path.basename(input)} (torch ${ckpt.format} format)`, data: 'not recorded in the checkpoint' })) writeFileAtomic(path.join(tmp, name), content);
+    try {
+      verifyModelFolder(tmp);
+    } catch (e) {
+      throw new ConvertError(`refusing to write ${outDir}: the converted folder would not load (${(e as Error).message}); nothing was written`);
+    }
+  });
   return {
     ...official,
     input,
@@ -77,10 +170,10 @@ export function convertTorchCheckpoint(input: string, outDir: string, opts: { co
     wrapper: ckpt.wrapper,
     skipped: ckpt.skipped,
     config,
-    configSource: opts.configFile ?? 'inferred from tensor shapes',
+    configSource: given ? `${given.source}, checked against the tensor shapes` : 'inferred from tensor shapes',
     configNotes: notes,
-    configFile,
-    weightsFile,
+    configFile: path.join(outDir, CONFIG_FILE),
+    weightsFile: path.join(outDir, WEIGHTS_FILE),
   };
 }
 
@@ -104,25 +197,45 @@ export function readUniterWeights(inPath: string): { file: string; tensors: Map<
 
 export interface ExportReport {
   file: string;
+  /** The model config written beside the file (OUT.config.json), read back when it is converted again. */
+  configFile: string | null;
   tensorCount: number;
   expanded: string[];
 }
 
-/** Model folder -> safetensors with every official name present (aliases get their own copy). */
-export function exportTorchSafetensors(inPath: string, outFile: string): ExportReport {
-  const w = readUniterWeights(inPath);
-  const all = expandTies(w.tensors, w.tied, w.file);
-  writeSafetensors(outFile, all, { format: 'pt' });
-  return { file: outFile, tensorCount: all.size, expanded: Object.keys(w.tied) };
+/** The model folder's config.json, when it has one (written beside exported weights). */
+function folderConfig(inPath: string): Record<string, unknown> | null {
+  const dir = fs.existsSync(inPath) && fs.statSync(inPath).isDirectory() ? inPath : null;
+  const file = dir ? path.join(dir, CONFIG_FILE) : sidecarConfigPath(inPath);
+  return fs.existsSync(file) ? readJsonObject(file, 'model config', (m) => new SafetensorsError(m)) : null;
 }
 
-/** Model folder -> a torch.save checkpoint (zip by default); tied names share one storage as in PyTorch. */
-export function exportTorchCheckpoint(inPath: string, outFile: string, format: TorchSaveFormat = 'zip'): ExportReport {
+/** Write the exported file and its config beside it, refusing to replace either without overwrite. */
+function writeExport(outFile: string, bytes: Uint8Array | (() => void), config: Record<string, unknown> | null, overwrite: boolean): string | null {
+  checkOutFile(outFile, overwrite);
+  const configFile = config ? sidecarConfigPath(outFile) : null;
+  if (configFile) checkOutFile(configFile, overwrite);
+  if (typeof bytes === 'function') bytes();
+  else writeFileAtomic(outFile, bytes);
+  if (configFile) writeFileAtomic(configFile, `${JSON.stringify(config, null, 2)}\n`);
+  return configFile;
+}
+
+/** Model folder -> safetensors with every official name present (aliases get their own copy), config beside it. */
+export function exportTorchSafetensors(inPath: string, outFile: string, opts: { overwrite?: boolean } = {}): ExportReport {
+  const w = readUniterWeights(inPath);
+  const all = expandTies(w.tensors, w.tied, w.file);
+  const configFile = writeExport(outFile, () => writeSafetensors(outFile, all, { format: 'pt' }), folderConfig(inPath), opts.overwrite === true);
+  return { file: outFile, configFile, tensorCount: all.size, expanded: Object.keys(w.tied) };
+}
+
+/** Model folder -> a torch.save checkpoint (zip by default), config beside it; tied names share one storage as in PyTorch. */
+export function exportTorchCheckpoint(inPath: string, outFile: string, format: TorchSaveFormat = 'zip', opts: { overwrite?: boolean } = {}): ExportReport {
   const w = readUniterWeights(inPath);
   expandTies(w.tensors, w.tied, w.file); // validates the ties
   const root = stateDictFromHost(w.tensors, { tied: w.tied });
-  writeFileAtomic(outFile, serializeTorchCheckpoint(root, format));
-  return { file: outFile, tensorCount: w.tensors.size + Object.keys(w.tied).length, expanded: Object.keys(w.tied) };
+  const configFile = writeExport(outFile, serializeTorchCheckpoint(root, format), folderConfig(inPath), opts.overwrite === true);
+  return { file: outFile, configFile, tensorCount: w.tensors.size + Object.keys(w.tied).length, expanded: Object.keys(w.tied) };
 }
 
 /** Human summary of a conversion. */

@@ -14,7 +14,7 @@ import { buildGoldenBatches } from '../data/golden-batches.js';
 import { parseConfig } from './config.js';
 import { initTypeEmbedding } from './surgery.js';
 import { UniterRunner } from './runner.js';
-import { DEFAULT_OT, OtOptions, TaskName, hardTargets } from './tasks.js';
+import { DEFAULT_OT, OtOptions, TaskName, hardTargets } from './task-graphs.js';
 import { otDistance } from './uniter.js';
 
 export interface GoldenRow {

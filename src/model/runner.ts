@@ -8,7 +8,7 @@ import { NonFiniteError, firstNonFinite, indexIn } from '../util/finite.js';
 import type { Batch } from '../data/types.js';
 import type { UniterConfig } from './config.js';
 import { HeadName, TIES, allSpecs } from './params.js';
-import { TaskGraph, TaskName, TaskOptions, buildTaskGraph, headOf, prepareFeeds } from './tasks.js';
+import { TaskGraph, TaskName, TaskOptions, buildTaskGraph, headOf, prepareFeeds } from './task-graphs.js';
 
 export interface RunOptions extends TaskOptions {
   dropout?: DropoutSeed;

@@ -2,7 +2,7 @@
  * UNITER, top to bottom: text and image embeddings, the compact text-then-regions sequence
  * built with `gather_index`, the post-LN BERT encoder, the pooler, every pre-training head and
  * loss, the downstream heads, and word-region alignment by IPOT. Functions here build traced
- * graphs (see src/engine); `tasks.ts` compiles and runs them.
+ * graphs (see src/engine); `task-graphs.ts` compiles and runs them.
  */
 import {
   Dim,

@@ -32,6 +32,7 @@ import type { RngState } from '../util/rng.js';
 import type { MixerState } from './mixer.js';
 import type { AdamWStateJson, OptimizerState } from './optimizer.js';
 import { readJsonFile, readJsonObject } from '../util/json.js';
+import { modelFolderExtras, withModelType, type ModelCardInfo } from '../model/model-card.js';
 import { checkFiniteTensor } from '../util/finite.js';
 
 export const MODEL_FILE = 'model.safetensors';
@@ -299,10 +300,13 @@ function readTrainerState(file: string): { state: TrainerState; files: Record<st
 }
 
 /** Write the from_pretrained folder layout (config.json + model.safetensors), replacing `dir` atomically. */
-export function saveModelFolder(dir: string, config: Record<string, unknown>, params: Map<string, Float32Array>, shapes: Map<string, number[]>, options: { ties?: Record<string, string> } = {}): void {
+export function saveModelFolder(dir: string, config: Record<string, unknown>, params: Map<string, Float32Array>, shapes: Map<string, number[]>, options: { ties?: Record<string, string>; card?: ModelCardInfo } = {}): void {
+  // model_type, vocab.txt and the model card: see src/model/model-card.ts.
+  const full = withModelType(config);
   replaceDirAtomic(dir, (tmp) => {
-    writeFileSynced(path.join(tmp, CONFIG_FILE), JSON.stringify(config, null, 2) + '\n');
+    writeFileSynced(path.join(tmp, CONFIG_FILE), JSON.stringify(full, null, 2) + '\n');
     writeModelSafetensors(path.join(tmp, MODEL_FILE), params, shapes, options.ties ?? {});
+    for (const [name, content] of modelFolderExtras(full, options.card ?? { trainedBy: 'uniter-ts' })) writeFileSynced(path.join(tmp, name), content);
   });
 }
 

@@ -14,7 +14,7 @@ import type { SpecialIds } from '../data/masking.js';
 import type { UniterConfig } from '../model/config.js';
 import { allSpecs, initParams, TIES } from '../model/params.js';
 import { UniterRunner } from '../model/runner.js';
-import { DEFAULT_OT, OtOptions, PretrainTask } from '../model/tasks.js';
+import { DEFAULT_OT, OtOptions, PretrainTask } from '../model/task-graphs.js';
 import { Rng } from '../util/rng.js';
 import { AdamW, clipGradNorm, groupByNameSubstring } from './optimizer.js';
 import { TaskMixer, mixName, parseMixName } from './mixer.js';

@@ -8,7 +8,7 @@ import { toNumbers } from '../engine/host.js';
 import type { TaskDataset } from '../data/datasets.js';
 import { TaskLoader } from '../data/sampler.js';
 import type { UniterRunner } from '../model/runner.js';
-import type { OtOptions, PretrainTask } from '../model/tasks.js';
+import type { OtOptions, PretrainTask } from '../model/task-graphs.js';
 
 export type TaskMetrics = Record<string, number>;
 

@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import Fastify, { FastifyError, FastifyInstance, FastifyReply } from 'fastify';
 import { InputError, PIPELINE_TASKS, PipelineTask } from '../api/pipeline.js';
 import { Uniter } from '../api/uniter.js';
-import type { ScoringTask } from '../api/tasks.js';
+import type { ScoringTask } from '../api/scoring-heads.js';
 import type { Gallery } from './gallery.js';
 import type { Job, Reply, WorkerConfig } from './worker.js';
 

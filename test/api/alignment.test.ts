@@ -9,7 +9,7 @@ import { defaultTokenizer } from '../../src/data/tokenizer.js';
 import { positionFeatures } from '../../src/data/types.js';
 import { toNumbers } from '../../src/engine/host.js';
 import { UniterRunner } from '../../src/model/runner.js';
-import { DEFAULT_OT } from '../../src/model/tasks.js';
+import { DEFAULT_OT } from '../../src/model/task-graphs.js';
 import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder } from '../export/model-folders.js';
 
 after(removeTempDirs);

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { parsePretrainConfig } from '../../src/pretrain/config.js';
 import { parseFinetuneConfig } from '../../src/finetune/defaults.js';
-import { getTask } from '../../src/finetune/tasks.js';
+import { getTask } from '../../src/finetune/task-registry.js';
 import { PRESETS, loadConfig } from '../../src/model/config.js';
 import { generateWorld, writeWorld } from '../../src/data/world.js';
 

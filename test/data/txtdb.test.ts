@@ -77,7 +77,7 @@ test('write/read round trip with side files and meta', () => {
     }
     assert.deepEqual(db.img2txts('coco_1.npz'), ['q1', 'é/ü']);
     assert.deepEqual(db.img2txts('nlvr2_a-img1.npz'), ['nlvr2-1-0']);
-    assert.deepEqual(db.meta, { bert: 'bert-base-cased', UNK: 100, CLS: 101, SEP: 102, MASK: 103, v_range: [106, 28996], task: 'vqa' });
+    assert.deepEqual(db.meta, { toker: 'bert-base-cased', tokenizer: 'bert-base-cased', bert: 'bert-base-cased', UNK: 100, CLS: 101, SEP: 102, MASK: 103, v_range: [106, 28996], task: 'vqa' });
     db.close();
   } finally {
     fs.rmSync(path.dirname(dir), { recursive: true, force: true });

@@ -8,7 +8,7 @@ import { fromOrt, toOrt } from '../../src/engine/runtime.js';
 import { readSafetensors } from '../../src/engine/safetensors.js';
 import type { HeadName } from '../../src/model/params.js';
 import { Uniter } from '../../src/api/uniter.js';
-import { SCORE_OUTPUT, ScoringTask, TaskRequest } from '../../src/api/tasks.js';
+import { SCORE_OUTPUT, ScoringTask, TaskRequest } from '../../src/api/scoring-heads.js';
 import { exportOnnx } from '../../src/export/export.js';
 import { sampleBatch } from '../../src/export/sample.js';
 import type { Batch } from '../../src/data/types.js';

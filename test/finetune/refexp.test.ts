@@ -23,7 +23,7 @@ import {
   reTask,
   reTrainLoader,
 } from '../../src/finetune/refexp.js';
-import type { SplitData, TaskData } from '../../src/finetune/tasks.js';
+import type { SplitData, TaskData } from '../../src/finetune/task-registry.js';
 import { finetune, initialFinetuneParams, type FinetuneSettings } from '../../src/finetune/trainer.js';
 
 const CFG: UniterConfig = { ...PRESETS.tiny, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64 };

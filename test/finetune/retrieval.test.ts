@@ -30,7 +30,7 @@ import {
   type RankOutputSource,
   type RetrievalTrainOptions,
 } from '../../src/finetune/retrieval.js';
-import { worldStores, taskDataFromWorld } from '../../src/finetune/tasks.js';
+import { worldStores, taskDataFromWorld } from '../../src/finetune/task-registry.js';
 import { finetune, initialFinetuneParams, type FinetuneSettings } from '../../src/finetune/trainer.js';
 
 const CFG: UniterConfig = { ...PRESETS.tiny, hidden_size: 32, num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64 };

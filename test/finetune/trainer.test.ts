@@ -15,7 +15,7 @@ import { allSpecs, initParams, TIES } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
 import { saveCheckpoint, saveModelFolder } from '../../src/pretrain/checkpoint.js';
 import { defaultSettings, parseFinetuneConfig } from '../../src/finetune/defaults.js';
-import { checkAns2Label, getTask, taskDataFromWorld, worldStores, type TaskData } from '../../src/finetune/tasks.js';
+import { checkAns2Label, getTask, taskDataFromWorld, worldStores, type TaskData } from '../../src/finetune/task-registry.js';
 import { configNextToWeights, finetune, initialFinetuneParams, resolveWeightsPath } from '../../src/finetune/trainer.js';
 import { VCR_EXTRA_TOKENS } from '../../src/finetune/vcr.js';
 import { makeSandbox, readJsonl, silent, TINY_MODEL, type Sandbox } from './fixtures.js';

@@ -76,9 +76,10 @@ describe('uniter convert (end to end)', () => {
     const renamedCount = [...fileNames].filter(([official, inFile]) => official !== inFile).length;
     assert.ok(renamedCount > 40);
     assert.match(r.out, new RegExp(`renamed ${renamedCount} keys:`));
-    assert.deepEqual(fs.readdirSync(outDir).sort(), ['config.json', 'model.safetensors']); // nothing temporary left behind
+    assert.deepEqual(fs.readdirSync(outDir).sort(), ['README.md', 'config.json', 'model.safetensors', 'vocab.txt']); // nothing temporary left behind
+    assert.deepEqual(fs.readdirSync(TMP).filter((n) => n.startsWith('.')), []);
 
-    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(outDir, 'config.json'), 'utf8')), JSON.parse(fs.readFileSync(GOLDEN_CONFIG, 'utf8')));
+    assert.deepEqual(JSON.parse(fs.readFileSync(path.join(outDir, 'config.json'), 'utf8')), { model_type: 'uniter', ...JSON.parse(fs.readFileSync(GOLDEN_CONFIG, 'utf8')) });
     const converted = readSafetensors(path.join(outDir, 'model.safetensors'));
     assert.deepEqual(JSON.parse(converted.metadata.tied), goldenTied);
     const expectedNames = [...golden.tensors.keys()].sort(); // the golden file stores ties once, too

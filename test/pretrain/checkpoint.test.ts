@@ -172,10 +172,10 @@ describe('checkpoints', () => {
     const b = tinyModel(8);
     saveModelFolder(dir, { hidden_size: 4, vocab_size: 6, note: 'second' }, b.params, b.shapes, { ties: { [DECODER]: WORD } });
     const loaded = loadModelFolder(dir);
-    assert.deepEqual(loaded.config, { hidden_size: 4, vocab_size: 6, note: 'second' });
+    assert.deepEqual(loaded.config, { model_type: 'uniter', hidden_size: 4, vocab_size: 6, note: 'second' });
     assert.deepEqual(loaded.params.get(WORD), b.params.get(WORD));
     assert.deepEqual(loaded.ties, { [DECODER]: WORD });
-    assert.deepEqual(fs.readdirSync(dir).sort(), ['config.json', 'model.safetensors']);
+    assert.deepEqual(fs.readdirSync(dir).sort(), ['README.md', 'config.json', 'model.safetensors', 'vocab.txt']);
     assert.throws(() => saveModelFolder(dir, {}, b.params, b.shapes, { ties: { [DECODER]: 'missing.weight' } }), /tie 'cls\.predictions\.decoder\.weight' -> 'missing\.weight' names a parameter that is not in the parameter map/);
     assert.deepEqual(loadModelFolder(dir).config.note, 'second', 'a failed save leaves the previous folder');
   });

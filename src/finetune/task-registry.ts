@@ -352,6 +352,8 @@ export interface EvaluateContext {
   tag: string;
   /** Task options the model was trained with (default: the task's optionDefaults). */
   options?: TaskOptionValues;
+  /** Called after each forward pass: work done so far and the total (examples; retrieval: caption-image pairs). */
+  onProgress?: (done: number, total: number) => void;
 }
 
 export interface TaskDefinition {

@@ -1,0 +1,223 @@
+/**
+ * What every `uniter` command shares: the one argument parser, the usage / failure conventions and
+ * the small formatting helpers.
+ *
+ * Conventions (every command):
+ *  - exit status 0 success, 1 failure, 2 usage error (bad or missing arguments); a few commands add
+ *    their own documented codes (130 interrupted);
+ *  - every error goes to stderr as `uniter CMD: message`; a usage error adds the synopsis line once
+ *    and points to `uniter help CMD`;
+ *  - `uniter CMD --help` (= `uniter help CMD`) prints the full help, every option explained, to stdout;
+ *  - `--json` prints exactly one JSON line on stdout; everything else then goes to stderr.
+ */
+import { ProgressDisplay, type ProgressStream } from '../pretrain/progress.js';
+
+export interface ParsedArgs {
+  positional: string[];
+  string: Record<string, string | undefined>;
+  boolean: Record<string, boolean>;
+}
+
+export interface ArgSpec {
+  string?: string[];
+  boolean?: string[];
+}
+
+/** Bad or missing arguments: exit status 2, with the synopsis. */
+export class UsageError extends Error {}
+
+/** `--help` / `-h` was given: the command prints `text` to stdout and exits 0. */
+export class HelpRequested extends Error {
+  constructor(readonly text: string) {
+    super('help requested');
+  }
+}
+
+/**
+ * The strict parser of every command: `--name value`, `--name=value`, boolean `--name`; unknown
+ * options and missing values are usage errors; `--help` / `-h` throws HelpRequested with the full
+ * help (`usage` is the command's help text, starting with its synopsis line, without "uniter ").
+ */
+export function parseArgs(argv: string[], spec: ArgSpec, usage: string): ParsedArgs {
+  const out: ParsedArgs = { positional: [], string: {}, boolean: {} };
+  const strings = new Set(spec.string ?? []);
+  const bools = new Set(spec.boolean ?? []);
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (a === '--help' || a === '-h') {
+      const undocumented = undocumentedOptions(usage, spec);
+      // A programming error, caught by test/cli/help.test.ts: every option has a line of help.
+      if (undocumented.length) throw new Error(`help text lacks a line for ${undocumented.map((o) => `--${o}`).join(', ')}`);
+      throw new HelpRequested(`usage: uniter ${usage}`);
+    }
+    if (a.startsWith('--') && a.length > 2) {
+      const eq = a.indexOf('=');
+      const key = a.slice(2, eq > 0 ? eq : undefined);
+      if (bools.has(key)) {
+        if (eq > 0) throw new UsageError(`option --${key} takes no value`);
+        out.boolean[key] = true;
+      } else if (strings.has(key)) {
+        const v = eq > 0 ? a.slice(eq + 1) : argv[++i];
+        if (v === undefined) throw new UsageError(`option --${key} needs a value`);
+        out.string[key] = v;
+      } else {
+        throw new UsageError(`unknown option --${key}`);
+      }
+    } else out.positional.push(a);
+  }
+  return out;
+}
+
+/** Options of `spec` that the help text does not explain on a line of their own (`  --name ...`). */
+export function undocumentedOptions(usage: string, spec: ArgSpec): string[] {
+  // A documenting line starts with the option (after indentation); the option column ends at the
+  // first run of two spaces, and may name several options ("--seeds N | --seed-list S").
+  const documented = new Set<string>();
+  for (const line of usage.split('\n').slice(1)) {
+    const t = line.trimStart();
+    if (!t.startsWith('--') && !t.startsWith('[--')) continue;
+    for (const m of t.split(/\s{2,}/)[0].matchAll(/--([\w-]+)/g)) documented.add(m[1]);
+  }
+  return [...(spec.string ?? []), ...(spec.boolean ?? [])].filter((n) => !documented.has(n));
+}
+
+/** An integer flag value >= min, or a usage error naming the flag. */
+export function intFlag(s: string, flag: string, min: number): number {
+  const n = Number(s);
+  if (s.trim() === '' || !Number.isInteger(n) || n < min) throw new UsageError(`${flag} must be an integer >= ${min}, got '${s}'`);
+  return n;
+}
+
+/** A finite number flag value, or a usage error naming the flag. */
+export function numberFlag(s: string, flag: string): number {
+  const n = Number(s);
+  if (s.trim() === '' || !Number.isFinite(n)) throw new UsageError(`${flag} must be a number, got '${s}'`);
+  return n;
+}
+
+/** One line per split: its metrics, then how many examples were scored. */
+export function formatMetrics(metrics: Record<string, Record<string, number>>, examples: Record<string, number> = {}): string[] {
+  return Object.entries(metrics).map(([split, m]) => {
+    const values = Object.entries(m).map(([k, v]) => `${k} ${v.toFixed(4)}`);
+    if (examples[split] !== undefined) values.push(`(${examples[split]} examples)`);
+    return `  ${split.padEnd(5)} ${values.join('   ')}`;
+  });
+}
+
+function stripPrefix(name: string, message: string): string {
+  for (const p of [`uniter ${name}: `, `${name}: `]) if (message.startsWith(p)) return message.slice(p.length);
+  return message;
+}
+
+/** The usage-error text: the message, the synopsis line once, and where the full help is. */
+export function usageText(name: string, usage: string, message: string): string {
+  return `uniter ${name}: ${stripPrefix(name, message)}\nusage: uniter ${usage.split('\n')[0].trim()}\n(every option: uniter help ${name.split(' ')[0]})`;
+}
+
+/**
+ * Print what a failed command reports and return its exit status: help -> stdout, 0; a usage
+ * error -> 2; anything else -> `uniter NAME: message`, 1.
+ */
+export function reportFailure(name: string, usage: string, e: unknown, isUsage: (e: unknown) => boolean = () => false): number {
+  if (e instanceof HelpRequested) {
+    console.log(e.text);
+    return 0;
+  }
+  const message = e instanceof Error ? e.message : String(e);
+  if (e instanceof UsageError || isUsage(e)) {
+    console.error(usageText(name, usage, message));
+    return 2;
+  }
+  console.error(`uniter ${name}: ${stripPrefix(name, message)}`);
+  return 1;
+}
+
+/** Run a command body under the conventions above. */
+export async function guard(name: string, usage: string, body: () => Promise<number | void> | number | void, isUsage?: (e: unknown) => boolean): Promise<number> {
+  try {
+    const code = await body();
+    return typeof code === 'number' ? code : 0;
+  } catch (e) {
+    return reportFailure(name, usage, e, isUsage);
+  }
+}
+
+/** Where a command's human-readable lines go: stderr when stdout carries the --json line. */
+export function sayer(json: boolean, quiet = false): (m: string) => void {
+  if (quiet) return () => undefined;
+  return (m) => (json ? console.error(m) : console.log(m));
+}
+
+/** The one JSON line of `--json`. */
+export function printJsonLine(value: unknown): void {
+  console.log(JSON.stringify(value));
+}
+
+/**
+ * Progress of a job with a known amount of work, on stderr: a live line with rate and ETA on a
+ * terminal, a plain line every 10 s otherwise (the first and last always), nothing with --quiet.
+ */
+export class JobProgress {
+  private display: ProgressDisplay | null = null;
+  private done_ = 0;
+  constructor(
+    private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number; label?: string },
+    private total = 0,
+  ) {}
+
+  /** Set (or raise) the total; the display starts at the first advance. */
+  setTotal(total: number): void {
+    this.total = Math.max(total, this.done_);
+  }
+
+  advance(by = 1): void {
+    this.done_ += by;
+    if (this.opts.quiet) return;
+    if (this.done_ > this.total) this.total = this.done_;
+    if (!this.display && this.total > 0) {
+      const stream = this.opts.stream ?? process.stderr;
+      if (this.opts.label) stream.write(`${this.opts.label}\n`);
+      this.display = new ProgressDisplay({ total: this.total, stream, unit: this.opts.unit, lineIntervalMs: this.opts.lineIntervalMs ?? 10_000 });
+    }
+    this.display?.update({ step: Math.min(this.done_, this.total) });
+  }
+
+  get count(): number {
+    return this.done_;
+  }
+
+  /** A message line that does not garble the live line. */
+  log(line: string): void {
+    if (this.display) this.display.log(line);
+    else (this.opts.stream ?? process.stderr).write(line + '\n');
+  }
+
+  finish(): void {
+    this.display?.done();
+    this.display = null;
+  }
+}
+
+/** Progress of a job in named phases (each with its own count and total), one display per phase. */
+export class PhasedProgress {
+  private phase: string | null = null;
+  private current: JobProgress | null = null;
+  constructor(private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number }) {}
+
+  update(phase: string, done: number, total: number): void {
+    if (this.opts.quiet || total <= 0) return;
+    if (phase !== this.phase) {
+      this.current?.finish();
+      this.phase = phase;
+      this.current = new JobProgress({ ...this.opts, label: `${phase}...` }, total);
+    }
+    this.current!.setTotal(total);
+    if (done > this.current!.count) this.current!.advance(done - this.current!.count);
+  }
+
+  finish(): void {
+    this.current?.finish();
+    this.current = null;
+    this.phase = null;
+  }
+}
