@@ -11,6 +11,7 @@ import { TxtDb, writeTxtDb } from '../../src/data/txtdb.js';
 import { LmdbReader, LmdbWriter } from '../../src/data/lmdb.js';
 import { float32ToHalfArray, readBUTDNpz, readNpz, writeNpz } from '../../src/data/npz.js';
 import { command } from '../../src/cli/data.js';
+import { runCommand } from '../helpers/cli.js';
 
 const OFFICIAL = fileURLToPath(new URL('../../../test/fixtures/data/official/', import.meta.url));
 const NPZ_DIR = path.join(OFFICIAL, 'npz/coco_tiny');
@@ -206,21 +207,7 @@ test('inspect: finds missing images, NaN features and wrong widths, naming the r
 });
 
 /** Run the `uniter data` command, capturing what it prints. */
-async function runCli(args: string[]): Promise<{ code: number | void; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = console.log;
-  const error = console.error;
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  try {
-    const code = await command.run(args);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+const runCli = (args: string[]) => runCommand(command, args);
 
 test('CLI: uniter data build / inspect, usage and errors', async () => {
   const root = tmpDir();

@@ -8,22 +8,14 @@ import { runExtract, type ExtractDeps } from '../../src/cli/extract.js';
 import { ImgDb } from '../../src/data/imgdb.js';
 import { ProgressDisplay } from '../../src/pretrain/progress.js';
 import { encodePng } from '../helpers/png.js';
+import { textSink } from '../helpers/cli.js';
 import { GridDetector } from '../helpers/grid-detector.js';
 
 function tmp(): string {
   return fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-extract-cli-'));
 }
 
-function sink(): { write(s: string): boolean; text: string; isTTY: boolean } {
-  return {
-    text: '',
-    isTTY: false,
-    write(s: string) {
-      this.text += s;
-      return true;
-    },
-  };
-}
+const sink = textSink;
 
 function png(w: number, h: number, seed: number): Buffer {
   const data: number[] = [];

@@ -7,26 +7,14 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { command } from '../../src/cli/export-onnx.js';
+import { runCommand } from '../helpers/cli.js';
 import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder } from './model-folders.js';
 
 after(removeTempDirs);
 
 const BIN = fileURLToPath(new URL('../../../bin/uniter.js', import.meta.url));
 
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const { log, error } = console;
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  try {
-    const code = await command.run(args);
-    return { code: code ?? 0, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+const runCli = (args: string[]) => runCommand(command, args);
 
 test('uniter export-onnx --verify writes a verified file from the command line', async () => {
   const root = tempDir('export-cli-');

@@ -15,3 +15,15 @@ export async function runCommand(command: Command, args: string[]): Promise<{ co
     console.error = error;
   }
 }
+
+/** A writable stand-in that collects what a command prints (not a TTY: progress prints lines). */
+export function textSink(): { write(s: string): boolean; text: string; isTTY: boolean } {
+  return {
+    text: '',
+    isTTY: false,
+    write(s: string) {
+      this.text += s;
+      return true;
+    },
+  };
+}

@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { command } from '../../src/cli/convert.js';
+import { runCommand } from '../helpers/cli.js';
 import { HostTensor, floatToHalf, halfToFloat } from '../../src/engine/host.js';
 import { readSafetensors } from '../../src/engine/safetensors.js';
 import { PyDict } from '../../src/interop/torch-pickle.js';
@@ -19,20 +20,7 @@ after(() => fs.rmSync(TMP, { recursive: true, force: true }));
 const golden = readSafetensors(path.join(GOLDEN, 'weights.safetensors'));
 const goldenTied = JSON.parse(golden.metadata.tied) as Record<string, string>;
 
-async function runCli(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const out: string[] = [];
-  const err: string[] = [];
-  const { log, error } = console;
-  console.log = (...a: unknown[]) => void out.push(a.join(' '));
-  console.error = (...a: unknown[]) => void err.push(a.join(' '));
-  try {
-    const code = await command.run(args);
-    return { code: code ?? 0, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
-}
+const runCli = (args: string[]) => runCommand(command, args);
 
 /** The golden float32 value as it comes back from a float16 checkpoint. */
 const viaHalf = (v: number) => Math.fround(halfToFloat(floatToHalf(v)));

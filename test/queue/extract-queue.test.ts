@@ -11,6 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { runExtract } from '../../src/cli/extract.js';
 import { ImgDb } from '../../src/data/imgdb.js';
+import { textSink } from '../helpers/cli.js';
 import { HAVE_REDIS, NO_REDIS, ROOT, RedisServer, UNITER, WorkerProc } from './redis-helpers.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-extract-queue-'));
@@ -20,16 +21,7 @@ const photos = path.join(tmp, 'photos');
 let redis: RedisServer | null = null;
 let workers: WorkerProc[] = [];
 
-function sink() {
-  return {
-    text: '',
-    isTTY: false,
-    write(s: string) {
-      this.text += s;
-      return true;
-    },
-  };
-}
+const sink = textSink;
 
 async function extract(out: string, extra: string[]) {
   const stderr = sink();

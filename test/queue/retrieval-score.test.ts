@@ -17,6 +17,7 @@ import { runRetrievalScore } from '../../src/cli/retrieval-score.js';
 import { loadRetrievalModel, openImgDb } from '../../src/queue/retrieval-shards.js';
 import { randomParams, writeModelFolder } from '../export/model-folders.js';
 import { TINY_MODEL } from '../finetune/fixtures.js';
+import { textSink } from '../helpers/cli.js';
 import { HAVE_REDIS, NO_REDIS, RedisServer, WorkerProc, waitFor } from './redis-helpers.js';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-queue-'));
@@ -27,16 +28,7 @@ const imgDb = path.join(worldDir, 'img_db/world');
 // 144 captions x 48 images in 3 x 3 shards of up to 50 x 16.
 const SHARDS = ['--shard-images', '16', '--shard-captions', '50'];
 
-function sink() {
-  return {
-    text: '',
-    isTTY: false,
-    write(s: string) {
-      this.text += s;
-      return true;
-    },
-  };
-}
+const sink = textSink;
 
 async function score(out: string, extra: string[] = [], signal?: AbortSignal) {
   const stderr = sink();
