@@ -198,7 +198,10 @@ export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
     }
   }
 
-  const logger = new JsonlLogger(path.join(opts.outDir, 'log.jsonl'), { resumeFromStep: step });
+  // A run killed after its last checkpoint (while writing the model folder) resumes at the last
+  // step and validates again: its earlier final validation records go, or the log would hold two.
+  const redo = step >= s.steps ? (r: Record<string, unknown>) => r.type === 'val' && r.step === step : undefined;
+  const logger = new JsonlLogger(path.join(opts.outDir, 'log.jsonl'), { resumeFromStep: step, redo });
   const progress = new ProgressDisplay({ total: s.steps, startStep: step, quiet: opts.quiet, stream: process.stderr });
   const losses: PretrainResult['losses'] = [];
   const ot = otOptions(s);
