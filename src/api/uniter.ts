@@ -89,19 +89,19 @@ export class Uniter {
 
   /** Every output of the inference graph by official name (scores, pooled_output, sequence_output). */
   async forward(batch: BatchOrInputs): Promise<Map<string, HostTensor>> {
-    const b = Array.isArray(batch) ? this.collate(batch as readonly ModelInput[]) : (batch as Batch);
+    const b = this.batchOf(batch, 'forward');
     return this.runner.run(this.task, b, { training: false, grads: false, inference: true, numAnswers: this.numAnswers });
   }
 
   /** The task's score tensor (itm_scores, answer_scores, scores or rank_scores). */
   async scores(batch: BatchOrInputs): Promise<HostTensor> {
-    return (await this.forward(batch)).get(SCORE_OUTPUT[this.task])!;
+    return (await this.forward(this.batchOf(batch, 'scores'))).get(SCORE_OUTPUT[this.task])!;
   }
 
   /** ITM: probability that each text matches its image (softmax of itm_scores, column 1). */
   async scoreItm(batch: BatchOrInputs): Promise<number[]> {
     this.expect(['itm'], 'scoreItm');
-    return rowsOf(await this.scores(batch)).map(([no, yes]) => {
+    return rowsOf(await this.scores(this.batchOf(batch, 'scoreItm'))).map(([no, yes]) => {
       const m = Math.max(no, yes);
       return Math.exp(yes - m) / (Math.exp(no - m) + Math.exp(yes - m));
     });
@@ -113,13 +113,13 @@ export class Uniter {
    */
   async answer(batch: BatchOrInputs): Promise<number[][]> {
     this.expect(CLASSIFIERS, 'answer');
-    return rowsOf(await this.scores(batch));
+    return rowsOf(await this.scores(this.batchOf(batch, 'answer')));
   }
 
   /** Referring expressions: per row, one score per real region (padding dropped). */
   async refexp(batch: BatchOrInputs): Promise<number[][]> {
     this.expect(['re_mlp1', 're_mlp2'], 'refexp');
-    const b = Array.isArray(batch) ? this.collate(batch as readonly ModelInput[]) : (batch as Batch);
+    const b = this.batchOf(batch, 'refexp');
     const pad = b.get('obj_masks');
     if (!pad) throw new Error("refexp: batch lacks field 'obj_masks' (build it with reCollate or collate())");
     const scores = rowsOf(await this.scores(b));
@@ -130,14 +130,14 @@ export class Uniter {
   /** Retrieval: the rank score of each (text, image) row; higher = better match. */
   async rank(batch: BatchOrInputs): Promise<number[]> {
     this.expect(['retrieval'], 'rank');
-    return toNumbers(await this.scores(batch));
+    return toNumbers(await this.scores(this.batchOf(batch, 'rank')));
   }
 
   /** The arg-max class (VQA answer label, VE class, NLVR2 label) or region (refexp) per example. */
   async predict(batch: BatchOrInputs): Promise<number[]> {
-    if (this.task === 're_mlp1' || this.task === 're_mlp2') return (await this.refexp(batch)).map(argmax);
+    if (this.task === 're_mlp1' || this.task === 're_mlp2') return (await this.refexp(this.batchOf(batch, 'predict'))).map(argmax);
     this.expect(CLASSIFIERS.filter((t) => t !== 'vcr'), 'predict');
-    return (await this.answer(batch)).map(argmax);
+    return (await this.answer(this.batchOf(batch, 'predict'))).map(argmax);
   }
 
   /**
@@ -153,6 +153,14 @@ export class Uniter {
   /** Write this model's scoring graph as a standalone ONNX file (see exportOnnx for the options). */
   async exportOnnx(out: string, opts: Omit<ExportOptions, 'out'> = {}): Promise<ExportResult> {
     return exportModel(this.model, { ...opts, out });
+  }
+
+  /** Plain inputs collated, a collated batch as it is; anything else is an error naming the method's argument. */
+  private batchOf(batch: BatchOrInputs, method: string): Batch {
+    if (Array.isArray(batch)) return this.collate(batch as readonly ModelInput[]);
+    if (batch instanceof Map) return batch;
+    const got = batch === null ? 'null' : typeof batch === 'object' ? `an object (${(batch as object).constructor?.name ?? 'no prototype'})` : `${typeof batch} ${JSON.stringify(batch)?.slice(0, 40)}`;
+    throw new TypeError(`${method}(batch): 'batch' must be an array of inputs ({text, image} objects) or a collated batch (a Map of tensors), got ${got}`);
   }
 
   private expect(tasks: readonly ScoringTask[], method: string): void {

@@ -6,7 +6,7 @@
 import * as path from 'node:path';
 import { loadPretrainConfig } from '../pretrain/config.js';
 import { embeddedDefault, initialParams, modelConfigFrom, openStoreSources, settingsFromConfig } from '../pretrain/run.js';
-import { pretrain, PretrainResult } from '../pretrain/trainer.js';
+import { checkRunMemory, pretrain, PretrainResult } from '../pretrain/trainer.js';
 import { writeTrainingReport } from '../report/training.js';
 import { showWhatItLearned } from '../pretrain/demo.js';
 import { setDefaultThreads } from '../engine/runtime.js';
@@ -62,11 +62,13 @@ async function runPretrain(argv: string[]): Promise<number> {
       if (!cfg.output_dir) throw new UsageError(`${a.string.config}: field 'output_dir' is required (or pass --out DIR)`);
       outDir = cfg.output_dir;
       const model = modelConfigFrom(cfg);
-      const { params, report } = initialParams(model, cfg.seed, cfg.checkpoint);
-      if (report) say(`loaded ${report.loaded.length} tensors from ${report.source}; missing (fresh init): ${report.missing.length}${fmtList(report.missing)}; unexpected (ignored): ${report.unexpected.length}${fmtList(report.unexpected)}`);
       const data = openStoreSources(cfg);
       dataDescription = describeStores(cfg);
       try {
+        // Refuse a run that cannot fit before the initial parameters take their share.
+        checkRunMemory({ modelConfig: model, settings: settingsFromConfig(cfg), train: data.train, val: data.val });
+        const { params, report } = initialParams(model, cfg.seed, cfg.checkpoint);
+        if (report) say(`loaded ${report.loaded.length} tensors from ${report.source}; missing (fresh init): ${report.missing.length}${fmtList(report.missing)}; unexpected (ignored): ${report.unexpected.length}${fmtList(report.unexpected)}`);
         result = await pretrain({ modelConfig: model, settings: settingsFromConfig(cfg), train: data.train, val: data.val, outDir, initial: params, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: cfg, ...ownership });
       } finally {
         data.close();

@@ -151,6 +151,28 @@ function checkInt(name: string, v: number, lo: number, hi = Number.MAX_SAFE_INTE
   if (!Number.isInteger(v) || v < lo || v > hi) throw new Error(`world options: ${name} must be an integer ${range}, got ${v}`);
 }
 
+/**
+ * The world lives in memory (about 34 KiB of scenes, captions and task records per image with the
+ * default preset, measured; generation about 1 ms per image on one core), so its size is bounded
+ * well inside V8's default heap: 50,000 images are about 1.7 GB and under a minute. Bigger data
+ * sets belong in stores (`uniter data build`).
+ */
+export const MAX_WORLD_IMAGES = 50_000;
+const WORLD_BYTES_PER_IMAGE = 34 * 1024;
+/** Region feature and detector-class widths (BUTD: 2048 and 1601); features are synthesised per read. */
+export const MAX_WORLD_IMG_DIM = 16_384;
+export const MAX_WORLD_LABEL_DIM = 65_536;
+
+function fmtBytes(n: number): string {
+  const units = ['B', 'KB', 'MB', 'GB', 'TB', 'PB'];
+  let i = 0;
+  while (n >= 1000 && i < units.length - 1) {
+    n /= 1000;
+    i++;
+  }
+  return `${n.toPrecision(3)} ${units[i]}`;
+}
+
 export function resolveWorldOptions(opts: WorldOptions = {}): ResolvedWorldOptions {
   const preset = opts.preset ?? 'default';
   const base = WORLD_PRESETS[preset];
@@ -160,9 +182,16 @@ export function resolveWorldOptions(opts: WorldOptions = {}): ResolvedWorldOptio
   checkInt('seed', o.seed, 0, 0xffffffff);
   checkInt('detectorSeed', o.detectorSeed, 0, 0xffffffff);
   checkInt('numImages', o.numImages, 8);
+  if (o.numImages > MAX_WORLD_IMAGES) {
+    throw new Error(
+      `world options: numImages must be at most ${MAX_WORLD_IMAGES}, got ${o.numImages}: the synthetic world is held in memory ` +
+        `(about ${WORLD_BYTES_PER_IMAGE / 1024} KiB per image, so ${fmtBytes(o.numImages * WORLD_BYTES_PER_IMAGE)} for ${o.numImages} images); ` +
+        `build bigger data sets as stores with 'uniter data build'`,
+    );
+  }
   checkInt('captionsPerImage', o.captionsPerImage, 1, 20);
-  checkInt('imgDim', o.imgDim, 16);
-  checkInt('labelDim', o.labelDim, MIN_LABEL_DIM);
+  checkInt('imgDim', o.imgDim, 16, MAX_WORLD_IMG_DIM);
+  checkInt('labelDim', o.labelDim, MIN_LABEL_DIM, MAX_WORLD_LABEL_DIM);
   checkInt('minObjects', o.minObjects, 2, MAX_COUNT);
   checkInt('maxObjects', o.maxObjects, o.minObjects, MAX_COUNT);
   for (const k of ['vqaPerImage', 'vePerImage', 'nlvr2PerImage', 'refsPerImage', 'sentencesPerRef', 'vcrPerImage'] as const) checkInt(k, o[k], 0, 50);

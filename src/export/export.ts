@@ -181,20 +181,44 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
 
   const file = opts.out;
   const sidecarFile = sidecarPath(file);
-  const written = writeOnnxModel(file, emitted, weights, {
-    opset: opts.opset,
-    externalData: opts.externalData,
-    inlineLimitBytes: opts.inlineLimitBytes,
-    outputs: outputs as OutputInfo[],
-    producerVersion: packageVersion(),
-    docString: `UNITER ${task} scoring graph exported by uniter-ts. Inputs are the official batch fields; see ${path.basename(sidecarFile)}.`,
-    metadata: {
-      'uniter.task': task,
-      'uniter.config': JSON.stringify(model.config),
-      ...(model.numAnswers !== undefined ? { 'uniter.num_answers': String(model.numAnswers) } : {}),
-    },
-  });
-  const verification = opts.verify ? await verifyExport(file, model, names, opts) : null;
+  // With verify, the file is written and checked in a staging folder beside OUT (same base name,
+  // so an external-data reference stays valid) and moved into place only once it passes.
+  const staging = opts.verify ? path.join(path.dirname(path.resolve(file)), `.${path.basename(file)}.verify-${process.pid}-${Date.now()}`) : null;
+  if (staging) fs.mkdirSync(staging, { recursive: true });
+  const target = staging ? path.join(staging, path.basename(file)) : file;
+  let written: WrittenOnnx;
+  let verification: VerifyReport | null = null;
+  try {
+    written = writeOnnxModel(target, emitted, weights, {
+      opset: opts.opset,
+      externalData: opts.externalData,
+      inlineLimitBytes: opts.inlineLimitBytes,
+      outputs: outputs as OutputInfo[],
+      producerVersion: packageVersion(),
+      docString: `UNITER ${task} scoring graph exported by uniter-ts. Inputs are the official batch fields; see ${path.basename(sidecarFile)}.`,
+      metadata: {
+        'uniter.task': task,
+        'uniter.config': JSON.stringify(model.config),
+        ...(model.numAnswers !== undefined ? { 'uniter.num_answers': String(model.numAnswers) } : {}),
+      },
+    });
+    if (staging) {
+      try {
+        verification = await verifyExport(target, model, names, opts);
+      } catch (e) {
+        throw new ExportVerificationError(`export verification of ${file} failed: ${(e as Error).message}; nothing was written`, null);
+      }
+      if (!verification.ok) {
+        const bad = verification.cases.filter((c) => !c.ok).map((c) => `${c.output} [${Object.entries(c.dims).map(([k, n]) => `${k}=${n}`).join(' ')}] max |diff| ${c.maxAbsDiff.toExponential(2)}`);
+        throw new ExportVerificationError(`export verification of ${file} failed: the ONNX file's outputs differ from the library's by more than the tolerance ${verification.tolerance} (${bad.join('; ')}); nothing was written`, verification);
+      }
+      if (written.dataFile) fs.renameSync(written.dataFile, `${file}.data`);
+      fs.renameSync(target, file);
+      written = { ...written, dataFile: written.dataFile ? `${file}.data` : null };
+    }
+  } finally {
+    if (staging) fs.rmSync(staging, { recursive: true, force: true });
+  }
 
   const dims: Record<string, string> = {};
   for (const io of [...inputs, ...outputs]) for (const d of io.shape) if (typeof d === 'string') dims[d] = DIM_DESCRIPTIONS[d] ?? d;
@@ -217,6 +241,18 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
   };
   writeFileAtomic(sidecarFile, JSON.stringify(sidecar, null, 2) + '\n');
   return { task, file, dataFile: written.dataFile, sidecarFile, inputs, outputs, written, verification };
+}
+
+/** `verify` found the exported file wrong (or could not run it); nothing was written. */
+export class ExportVerificationError extends Error {
+  override name = 'ExportVerificationError';
+  constructor(
+    message: string,
+    /** The comparison, when it ran to the end. */
+    readonly report: VerifyReport | null,
+  ) {
+    super(message);
+  }
 }
 
 /**

@@ -130,13 +130,14 @@ export function parseFinetuneConfig(c: Record<string, unknown>, task: TaskDefini
   const resolve = (p: string) => path.resolve(where.baseDir, p);
 
   const steps = c.num_train_steps;
-  const settings = defaultSettings(task, typeof steps === 'number' && Number.isInteger(steps) && steps > 0 ? steps : undefined);
+  const settings = defaultSettings(task, typeof steps === 'number' && Number.isSafeInteger(steps) && steps > 0 ? steps : undefined);
   const s = settings as unknown as Record<string, unknown>;
   for (const [field, key] of Object.entries(SETTING_FIELDS)) {
     const v = c[field];
     if (v === undefined) continue;
     if (typeof v !== 'number' || !Number.isFinite(v)) issues.push(`field '${field}' must be a number, got ${JSON.stringify(v)}`);
-    else if (INT_SETTINGS.has(key) && !Number.isInteger(v)) issues.push(`field '${field}' must be an integer, got ${v}`);
+    // Safe integers only: 1e308 "is an integer" but no loop counts to it, and above 2^53 steps and sizes stop being exact.
+    else if (INT_SETTINGS.has(key) && !Number.isSafeInteger(v)) issues.push(`field '${field}' must be an integer${Math.abs(v) > Number.MAX_SAFE_INTEGER ? ' <= 2^53 - 1' : ''}, got ${v}`);
     else s[key] = v;
   }
   if (c.betas !== undefined) {

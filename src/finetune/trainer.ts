@@ -329,10 +329,10 @@ function checkSettings(s: FinetuneSettings): void {
   const ints: Array<keyof FinetuneSettings> = ['trainBatchTokens', 'valBatchSize', 'accumulation', 'steps', 'keepCheckpoints', 'logEvery'];
   for (const k of ints) {
     const v = s[k] as number;
-    if (!(Number.isInteger(v) && v >= 1)) throw new Error(`fine-tune settings: '${k}' must be an integer >= 1, got ${v}`);
+    if (!(Number.isSafeInteger(v) && v >= 1)) throw new Error(`fine-tune settings: '${k}' must be an integer >= 1 and <= 2^53 - 1, got ${v}`);
   }
   for (const k of ['warmupSteps', 'validEvery', 'saveEvery', 'seed', 'maxTxtLen'] as const) {
-    if (!(Number.isInteger(s[k]) && s[k] >= 0)) throw new Error(`fine-tune settings: '${k}' must be an integer >= 0, got ${s[k]}`);
+    if (!(Number.isSafeInteger(s[k]) && s[k] >= 0)) throw new Error(`fine-tune settings: '${k}' must be an integer >= 0 and <= 2^53 - 1, got ${s[k]}`);
   }
   if (!(s.learningRate > 0)) throw new Error(`fine-tune settings: 'learningRate' must be > 0, got ${s.learningRate}`);
   if (!(s.lrMultiplier > 0)) throw new Error(`fine-tune settings: 'lrMultiplier' must be > 0, got ${s.lrMultiplier}`);

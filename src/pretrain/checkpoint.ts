@@ -126,7 +126,7 @@ export function saveCheckpoint(outDir: string, input: CheckpointInput, options: 
   const finalDir = path.join(root, name);
   const tmpDir = path.join(root, `.${name}.tmp-${process.pid}-${Date.now()}`);
   fs.mkdirSync(tmpDir);
-  const progress = options.onProgress;
+  const progress = withFaultInjection(options.onProgress);
   try {
     const modelHash = createHash('sha256');
     const modelBytes = writeModelSafetensors(path.join(tmpDir, MODEL_FILE), input.params, input.shapes, input.ties ?? {}, progress, modelHash);
@@ -173,6 +173,32 @@ export function saveCheckpoint(outDir: string, input: CheckpointInput, options: 
   if (trash) fs.rmSync(trash, { recursive: true, force: true });
   pruneCheckpoints(root, keepLast, name);
   return finalDir;
+}
+
+/**
+ * Fault injection, for the crash tests only (test/reliability/fault-injection.test.ts); inert
+ * unless one of these is in the environment:
+ *   UNITER_FAULT_CHECKPOINT_TRACE=FILE  append one line per checkpoint event of this process
+ *                                       ("<n> <phase> <file or dir>", n counted from 1 across
+ *                                       every checkpoint the process writes);
+ *   UNITER_FAULT_KILL_CHECKPOINT=N      SIGKILL this process at its N-th event (after the
+ *                                       event's bytes are written, before anything else).
+ */
+const FAULT_TRACE = process.env.UNITER_FAULT_CHECKPOINT_TRACE;
+const FAULT_KILL_AT = Number(process.env.UNITER_FAULT_KILL_CHECKPOINT ?? NaN);
+let faultEvents = 0;
+
+function withFaultInjection(onProgress?: (e: CheckpointProgress) => void): ((e: CheckpointProgress) => void) | undefined {
+  if (!FAULT_TRACE && !Number.isInteger(FAULT_KILL_AT)) return onProgress;
+  return (e) => {
+    onProgress?.(e);
+    faultEvents++;
+    if (FAULT_TRACE) fs.appendFileSync(FAULT_TRACE, `${faultEvents} ${e.phase} ${e.phase === 'write' ? e.file : path.basename(e.dir)}\n`);
+    if (faultEvents === FAULT_KILL_AT) {
+      process.kill(process.pid, 'SIGKILL');
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0); // nothing runs after the kill
+    }
+  };
 }
 
 /** Complete checkpoints under OUT/ckpt, oldest first. */

@@ -197,10 +197,10 @@ export class JsonlLogger {
    */
   constructor(
     readonly file: string,
-    options: { resumeFromStep?: number } = {},
+    options: { resumeFromStep?: number; /** Also remove these records (ones the resumed run writes again). */ redo?: (r: LogRecord) => boolean } = {},
   ) {
     if (options.resumeFromStep !== undefined && fs.existsSync(file)) {
-      const kept = readJsonl(file).filter((r) => !(typeof r.step === 'number' && r.step > options.resumeFromStep!));
+      const kept = readJsonl(file).filter((r) => !(typeof r.step === 'number' && r.step > options.resumeFromStep!) && !options.redo?.(r));
       writeFileAtomic(file, kept.map((r) => serializeRecord(r) + '\n').join(''));
     }
     this.fd = fs.openSync(file, 'a+');

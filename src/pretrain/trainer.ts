@@ -24,6 +24,7 @@ import { JsonlLogger, ProgressDisplay } from './progress.js';
 import { RUN_FILE, checkIdentity, claimRunFolder } from './run-folder.js';
 import { evaluateTask, TaskMetrics } from './validate.js';
 import type { TrainLoopSettings } from './settings.js';
+import { availableMemory, checkPretrainMemory, describeEstimate, fmtBytes, isOutOfMemory, longestSequence, MemoryLimitError } from './memory.js';
 
 export interface PretrainSource {
   name: string;
@@ -70,6 +71,11 @@ export interface PretrainOptions {
   allowChanged?: readonly string[];
   /** Messages (fallback to an older checkpoint, replaced runs, allowed changes); default stderr unless quiet. */
   say?: (message: string) => void;
+  /**
+   * Memory the run may use, for the check before it starts (see memory.ts): bytes, 'off', or
+   * (default) what the process can get (cgroup limit, available memory; UNITER_MEMORY_LIMIT).
+   */
+  memoryLimit?: number | 'off';
 }
 
 /**
@@ -141,7 +147,51 @@ export function otOptions(s: TrainSettings): OtOptions | null {
   return s.otLambda > 0 ? { ...DEFAULT_OT, lambda: s.otLambda } : null;
 }
 
+/**
+ * The memory check of a run (MemoryLimitError when its estimated peak exceeds what the process
+ * can get). pretrain() runs it first; a caller that allocates before pretrain() (the CLI's initial
+ * parameters) runs it before that too.
+ */
+export function checkRunMemory(opts: Pick<PretrainOptions, 'modelConfig' | 'settings' | 'train' | 'val' | 'memoryLimit'>) {
+  const { modelConfig: cfg, settings: s } = opts;
+  const input = {
+    model: cfg,
+    tasks: [...new Set(opts.train.flatMap((d) => d.tasks))],
+    trainBatchTokens: s.trainBatchTokens,
+    valBatchTokens: s.valBatchTokens,
+    accumulation: s.accumulation,
+    maxSeqLen: longestSequence([...opts.train, ...opts.val], s.maxTxtLen),
+  };
+  const limit = opts.memoryLimit;
+  const available =
+    limit === 'off' ? null : typeof limit === 'number' ? { bytes: limit, source: `the memoryLimit option, ${fmtBytes(limit)}`, limits: [] } : availableMemory();
+  return { ...checkPretrainMemory(input, available), input };
+}
+
+/**
+ * Run pre-training. A run whose estimated peak memory exceeds what the process can get is refused
+ * before anything is allocated or written (MemoryLimitError); an allocation that fails anyway
+ * ("Array buffer allocation failed") becomes an error naming the step, the estimate and the
+ * checkpoint to resume from.
+ */
 export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
+  const { estimate, input: memInput, available } = checkRunMemory(opts);
+  const at = { step: 0 };
+  try {
+    return await runPretrain(opts, at);
+  } catch (e) {
+    if (!isOutOfMemory(e)) throw e;
+    const ck = path.join(opts.outDir, 'ckpt');
+    throw new MemoryLimitError(
+      `pre-training ran out of memory at step ${at.step + 1} (${(e as Error).name}: ${(e as Error).message}). ${describeEstimate(estimate, memInput)}; ` +
+        `${available ? `the process could get ${fmtBytes(available.bytes)} (${available.source}) when it started` : 'the memory check was off'}. ` +
+        `Lower train_batch_size or the model size${fs.existsSync(path.join(ck, 'latest')) ? `; the checkpoints in ${ck} can be resumed with --resume` : ''}`,
+      { cause: e },
+    );
+  }
+}
+
+async function runPretrain(opts: PretrainOptions, at: { step: number }): Promise<PretrainResult> {
   const { modelConfig: cfg, settings: s } = opts;
   const t0 = Date.now();
   const say = opts.say ?? ((m: string) => (opts.quiet ? undefined : process.stderr.write(m + '\n')));
@@ -198,7 +248,10 @@ export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
     }
   }
 
-  const logger = new JsonlLogger(path.join(opts.outDir, 'log.jsonl'), { resumeFromStep: step });
+  // A run killed after its last checkpoint (while writing the model folder) resumes at the last
+  // step and validates again: its earlier final validation records go, or the log would hold two.
+  const redo = step >= s.steps ? (r: Record<string, unknown>) => r.type === 'val' && r.step === step : undefined;
+  const logger = new JsonlLogger(path.join(opts.outDir, 'log.jsonl'), { resumeFromStep: step, redo });
   const progress = new ProgressDisplay({ total: s.steps, startStep: step, quiet: opts.quiet, stream: process.stderr });
   const losses: PretrainResult['losses'] = [];
   const ot = otOptions(s);
@@ -236,6 +289,7 @@ export async function pretrain(opts: PretrainOptions): Promise<PretrainResult> {
     );
 
   while (step < endStep) {
+    at.step = step;
     const name = mixer.next();
     const { task } = parseMixName(name);
     const loader = loaders.get(name)!;
