@@ -6,7 +6,7 @@ import { parseArgs } from './args.js';
 import type { Command } from './main.js';
 
 const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head paired-attn|paired|triplet] [--re-mlp 1|2]
-      [--pooled-output] [--opset N] [--external-data] [--verify]
+      [--pooled-output] [--opset N] [--external-data] [--verify] [--int8]
   DIR is a model folder (config.json + model.safetensors, as 'uniter convert' and the trainers write)
   or a training checkpoint directory (OUT/ckpt/step_N).
   --task            itm | vqa | ve | nlvr2 | refexp | retrieval | vcr (default: the head the weights hold;
@@ -16,6 +16,8 @@ const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head pa
   --pooled-output   also output pooled_output (not for the paired-attn NLVR2 and RE heads)
   --opset N         opset to stamp, ${MIN_OPSET}..${MAX_OPSET} (default ${MIN_OPSET})
   --external-data   weights in OUT.onnx.data (automatic when they exceed the 2 GiB protobuf limit)
+  --int8            quantize the encoder's linear layers to int8 (com.microsoft DynamicQuantizeMatMul: needs
+                    ONNX Runtime; per-channel int8 weights inside the file, activations quantized at run time)
   --verify          run OUT.onnx in a fresh ONNX Runtime session on generated batches of two sizes and
                     compare with the library's outputs (|diff| <= 1e-5 x max(1, |value|)); exit 1 if not
   Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically.`;
@@ -43,7 +45,7 @@ function describe(r: ExportResult): string {
   const lines: string[] = [];
   const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
   const where = r.dataFile ? `weights in ${r.dataFile}` : 'weights inside';
-  lines.push(`wrote ${r.file}: task ${r.task}, opset ${r.written.opset}, ${r.written.weightCount} weight tensors (${mb(r.written.weightBytes)}, ${where})`);
+  lines.push(`wrote ${r.file}: task ${r.task}${r.precision === 'int8' ? ' (int8)' : ''}, opset ${r.written.opset}, ${r.written.weightCount} weight tensors (${mb(r.written.weightBytes)}, ${where})`);
   const io = (x: { name: string; dtype: string; shape: Array<string | number> }) => `${x.name} ${x.dtype} [${x.shape.join(', ')}]`;
   lines.push(`  inputs:  ${r.inputs.map(io).join(', ')}`);
   lines.push(`  outputs: ${r.outputs.map(io).join(', ')}`);
@@ -65,7 +67,7 @@ export const command: Command = {
   async run(argv: string[]): Promise<number> {
     let parsed;
     try {
-      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify'] }, USAGE);
+      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify', 'int8'] }, USAGE);
     } catch (e) {
       console.error(`uniter export-onnx: ${(e as Error).message}`);
       return 2;
@@ -93,6 +95,7 @@ export const command: Command = {
         pooledOutput: parsed.boolean['pooled-output'] === true,
         externalData: parsed.boolean['external-data'] === true ? true : 'auto',
         verify: parsed.boolean.verify === true,
+        precision: parsed.boolean.int8 === true ? 'int8' : 'float32',
       });
       console.log(describe(r));
       return r.verification && !r.verification.ok ? 1 : 0;

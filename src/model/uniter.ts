@@ -55,8 +55,33 @@ import {
   unsqueeze,
   where,
 } from '../engine/index.js';
+import type { HostTensor } from '../engine/host.js';
+import { QuantizedWeight, concatQuantized, quantizeWeightPerChannel, quantizedLinear } from '../engine/ops.js';
 import type { UniterConfig } from './config.js';
 import { ParamSpec, TIES } from './params.js';
+
+/** Numeric precision of an inference graph's linear layers. */
+export type Precision = 'float32' | 'int8';
+export const PRECISIONS: readonly Precision[] = ['float32', 'int8'];
+
+/**
+ * Weights an int8 graph quantizes at build time (the int8 tensors become constants of the
+ * graph), with a cache so that graphs built again from the same weights reuse them.
+ */
+export interface Int8Source {
+  weights: ReadonlyMap<string, HostTensor>;
+  cache?: Map<string, QuantizedWeight>;
+}
+
+/**
+ * The Linear weights an int8 graph quantizes: the six of every encoder layer (Q, K, V, the
+ * attention output, the FFN's two), which hold ~99% of an inference's multiply-adds at base size.
+ * Embeddings (img_linear, pos_linear, the lookup tables), every LayerNorm, softmax, the pooler
+ * and the task heads stay float32: they are cheap, and the heads' last layers decide the scores.
+ */
+export function int8Quantized(weightName: string): boolean {
+  return /^uniter\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$/.test(weightName);
+}
 
 /** Parameter lookup by official name (tied aliases resolve to their primary tensor). */
 export class Params {
@@ -66,8 +91,24 @@ export class Params {
   constructor(
     readonly graph: Graph,
     specs: ParamSpec[],
+    /** Set for int8 graphs: where the weights to quantize come from. */
+    readonly int8?: Int8Source,
   ) {
     for (const s of specs) this.shapes.set(s.name, s.shape);
+  }
+
+  /** The int8 form of a Linear weight when this graph quantizes it, else null. */
+  quantized(weightName: string): QuantizedWeight | null {
+    if (!this.int8 || !int8Quantized(weightName)) return null;
+    const hit = this.int8.cache?.get(weightName);
+    if (hit) return hit;
+    const shape = this.shapes.get(weightName);
+    const w = this.int8.weights.get(weightName);
+    if (!shape || !w) throw new Error(`int8 graph: no weights for '${weightName}' to quantize`);
+    if (w.dtype !== 'float32' || w.shape.join() !== shape.join()) throw new Error(`int8 graph: '${weightName}' is ${w.dtype} [${w.shape}], the model needs float32 [${shape}]`);
+    const q = quantizeWeightPerChannel(weightName, w.data as Float32Array, shape[0], shape[1]);
+    this.int8.cache?.set(weightName, q);
+    return q;
   }
 
   get(name: string): Tensor {
@@ -135,7 +176,10 @@ function ln(P: Params, prefix: string, x: Tensor): Tensor {
 }
 
 function dense(P: Params, prefix: string, x: Tensor): Tensor {
-  return linear(x, P.get(`${prefix}.weight`), P.has(`${prefix}.bias`) ? P.get(`${prefix}.bias`) : undefined);
+  const bias = P.has(`${prefix}.bias`) ? P.get(`${prefix}.bias`) : undefined;
+  const q = P.quantized(`${prefix}.weight`);
+  if (q) return quantizedLinear(x, q, bias);
+  return linear(x, P.get(`${prefix}.weight`), bias);
 }
 
 /** Embedding lookup whose padding row (id 0) gets no gradient from the lookup, as padding_idx=0. */
@@ -181,6 +225,8 @@ function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, 
   let q: Tensor, k: Tensor, v: Tensor;
   if (opts.gradients) {
     [q, k, v] = fusedQkv(P, prefix, x, heads, dh);
+  } else if (P.int8) {
+    [q, k, v] = int8Qkv(P, prefix, x, heads, dh);
   } else {
     const split = (t: Tensor) => transpose(reshape(t, [B, T, heads, dh]), [0, 2, 1, 3]);
     q = split(dense(P, `${prefix}.self.query`, x));
@@ -210,6 +256,22 @@ function fusedQkv(P: Params, prefix: string, x: Tensor, heads: number, dh: numbe
   const [B, T] = x.shape;
   // [B, T, 3H] -> [3, B, heads, T, dh]: one transpose for all three.
   const qkv = transpose(reshape(linear(x, w, b), [B, T, 3, heads, dh]), [2, 0, 3, 1, 4]);
+  const part = (i: number) => squeeze(slice(qkv, 0, i, i + 1), [0]);
+  return [part(0), part(1), part(2)];
+}
+
+/**
+ * Int8 graphs: Q, K and V from one integer GEMM over the three quantized weights side by side
+ * (joined at build time, so the activations are quantized once instead of three times).
+ */
+function int8Qkv(P: Params, prefix: string, x: Tensor, heads: number, dh: number): [Tensor, Tensor, Tensor] {
+  const names = ['query', 'key', 'value'].map((n) => `${prefix}.self.${n}`);
+  const parts = names.map((n) => P.quantized(`${n}.weight`));
+  if (parts.some((p) => !p)) throw new Error(`int8 graph: ${prefix} Q/K/V weights are not all quantized`);
+  const w = concatQuantized(`${prefix}.self.qkv.weight`, parts as QuantizedWeight[]);
+  const b = concat(names.map((n) => P.get(`${n}.bias`)), 0);
+  const [B, T] = x.shape;
+  const qkv = transpose(reshape(quantizedLinear(x, w, b), [B, T, 3, heads, dh]), [2, 0, 3, 1, 4]);
   const part = (i: number) => squeeze(slice(qkv, 0, i, i + 1), [0]);
   return [part(0), part(1), part(2)];
 }
