@@ -961,6 +961,45 @@ OPS.quantizedLinear = {
   },
 };
 
+// ---------------------------------------------------------------------------------------------
+// Fused attention (inference only: ONNX Runtime's contrib kernel has no gradient here)
+
+/**
+ * softmax(q k^T / sqrt(dh) + (1 - keyMask) * -10000) v per head, for q, k, v [B, T, heads * dh]
+ * (already projected) and keyMask [B, T] (1 = attend, 0 = padding; any integer or bool type):
+ * com.microsoft MultiHeadAttention, one kernel instead of the head split / transposes, the two
+ * batched products, the mask addition and the softmax. Output [B, T, heads * dh].
+ */
+export function fusedAttention(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor, heads: number): Tensor {
+  for (const [n, t] of [['k', k], ['v', v]] as const) {
+    if (t.rank !== 3 || q.rank !== 3 || t.shape.some((d, i) => dimsConflict(d, q.shape[i]))) shapeError('fusedAttention', `${n} must be shaped like q [B, T, hidden]`, q.shape, t.shape);
+  }
+  const hidden = q.shape[2];
+  if (typeof hidden === 'number' && hidden % heads !== 0) shapeError('fusedAttention', `hidden ${hidden} is not a multiple of ${heads} heads`, q.shape);
+  if (keyMask.rank !== 2 || dimsConflict(keyMask.shape[0], q.shape[0]) || dimsConflict(keyMask.shape[1], q.shape[1])) shapeError('fusedAttention', 'key mask must be [B, T]', q.shape, keyMask.shape);
+  return q.graph.add('fusedAttention', [q, k, v, keyMask], { heads }, q.shape, q.dtype);
+}
+OPS.fusedAttention = {
+  emit: (ctx, t) => {
+    const mask = ctx.node('Cast', [ctx.input(t, 3)], { to: A.i(onnxType('int32')) });
+    return ctx.node('MultiHeadAttention', [ctx.input(t, 0), ctx.input(t, 1), ctx.input(t, 2), '', mask], { num_heads: A.i(t.attrs.heads as number), mask_filter_value: A.f(-10000) }, 'com.microsoft');
+  },
+};
+
+/**
+ * LayerNorm(x + skip) over the last axis (rank 3 inputs of one shape): com.microsoft
+ * SkipLayerNormalization, the residual addition and the normalisation in one pass. Inference only.
+ */
+export function skipLayerNorm(x: Tensor, skip: Tensor, w: Tensor, b: Tensor, eps = 1e-12): Tensor {
+  if (x.rank !== 3 || skip.rank !== 3 || x.shape.some((d, i) => dimsConflict(d, skip.shape[i]))) shapeError('skipLayerNorm', 'input and skip must both be [B, T, hidden]', x.shape, skip.shape);
+  const h = x.shape[2];
+  if (w.rank !== 1 || b.rank !== 1 || dimsConflict(w.shape[0], h) || dimsConflict(b.shape[0], h)) shapeError('skipLayerNorm', 'weight and bias must be [hidden] matching the last axis', x.shape, w.shape);
+  return x.graph.add('skipLayerNorm', [x, skip, w, b], { eps }, x.shape, x.dtype);
+}
+OPS.skipLayerNorm = {
+  emit: (ctx, t) => ctx.node('SkipLayerNormalization', [0, 1, 2, 3].map((i) => ctx.input(t, i)), { epsilon: A.f(t.attrs.eps as number) }, 'com.microsoft'),
+};
+
 export function describe(t: Tensor): string {
   return `${t.op}${fmtShape(t.shape)}`;
 }

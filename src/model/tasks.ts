@@ -97,6 +97,8 @@ export interface TaskOptions extends HeadOptions {
    * buildTaskGraph. Default float32.
    */
   precision?: Precision;
+  /** Inference graphs: false keeps the composite attention (for A/B measurements); default fused. */
+  fusedAttention?: boolean;
   /** Only these outputs (official names); default every output of the task. */
   outputs?: readonly string[];
 }
@@ -132,7 +134,9 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
     txtTypes: task === 'vcr',
   });
   const capture = opts.capture ? new Map<string, Tensor>() : undefined;
-  const seq = uniterForward(P, cfg, inp, { training: opts.training, gradients: opts.grads, capture });
+  // Inference graphs use ONNX Runtime's fused attention kernel (not when capturing intermediates).
+  const fused = !!opts.inference && !opts.training && !opts.grads && !capture && opts.fusedAttention !== false;
+  const seq = uniterForward(P, cfg, inp, { training: opts.training, gradients: opts.grads, capture, fusedAttention: fused });
   const out: Record<string, Tensor> = { sequence_output: seq };
   let loss: Tensor | null = null;
   const infer = !!opts.inference;

@@ -22,6 +22,8 @@ import {
   gather,
   gatherElements,
   gelu,
+  fusedAttention,
+  skipLayerNorm,
   gemm,
   greater,
   layerNorm,
@@ -139,6 +141,18 @@ export interface ForwardOptions {
    * leave this unset and are unchanged.
    */
   attentions?: Tensor[];
+  /**
+   * Inference graphs: ONNX Runtime's fused transformer kernels (com.microsoft): attention as one
+   * MultiHeadAttention (not when collecting attentions) and residual + LayerNorm as one
+   * SkipLayerNormalization. Ignored when training or differentiating.
+   */
+  fusedAttention?: boolean;
+}
+
+/** The key mask of a batch in both forms: additive [B, 1, 1, Lj] and attn_masks [B, Lj] itself. */
+interface KeyMask {
+  additive: Tensor;
+  keys: Tensor;
 }
 
 /** Graph inputs of one UNITER forward pass (official batch names). */
@@ -173,6 +187,12 @@ const LN_EPS = 1e-12;
 
 function ln(P: Params, prefix: string, x: Tensor): Tensor {
   return layerNorm(x, P.get(`${prefix}.weight`), P.get(`${prefix}.bias`), LN_EPS);
+}
+
+/** LayerNorm(x + residual): one fused SkipLayerNormalization in fused inference graphs. */
+function addLn(P: Params, prefix: string, x: Tensor, residual: Tensor, opts: ForwardOptions): Tensor {
+  if (opts.fusedAttention && !opts.training && !opts.gradients) return skipLayerNorm(x, residual, P.get(`${prefix}.weight`), P.get(`${prefix}.bias`), LN_EPS);
+  return ln(P, prefix, add(x, residual));
 }
 
 function dense(P: Params, prefix: string, x: Tensor): Tensor {
@@ -218,10 +238,21 @@ export function imageEmbeddings(P: Params, cfg: UniterConfig, inp: UniterInputs,
   return dropout(e, cfg.hidden_dropout_prob, opts.training);
 }
 
-function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, maskAdd: Tensor, opts: ForwardOptions): Tensor {
+function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, mask: KeyMask, opts: ForwardOptions): Tensor {
   const heads = cfg.num_attention_heads;
   const dh = cfg.hidden_size / heads;
   const [B, T] = x.shape;
+  if (opts.fusedAttention && !opts.training && !opts.gradients && !opts.attentions) {
+    // Projections as [B, T, H] (int8: one product, then three slices), the rest in one kernel.
+    let q: Tensor, k: Tensor, v: Tensor;
+    if (P.int8) {
+      const H = cfg.hidden_size;
+      const qkv = int8QkvProjection(P, prefix, x);
+      [q, k, v] = [0, 1, 2].map((i) => slice(qkv, 2, i * H, (i + 1) * H));
+    } else [q, k, v] = ['query', 'key', 'value'].map((n) => dense(P, `${prefix}.self.${n}`, x));
+    const ctx = fusedAttention(q, k, v, mask.keys, heads);
+    return addLn(P, `${prefix}.output.LayerNorm`, dense(P, `${prefix}.output.dense`, ctx), x, opts);
+  }
   let q: Tensor, k: Tensor, v: Tensor;
   if (opts.gradients) {
     [q, k, v] = fusedQkv(P, prefix, x, heads, dh);
@@ -233,7 +264,7 @@ function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, 
     k = split(dense(P, `${prefix}.self.key`, x));
     v = split(dense(P, `${prefix}.self.value`, x));
   }
-  const scores = add(div(matmul(q, transposeLast2(k)), Math.sqrt(dh)), maskAdd);
+  const scores = add(div(matmul(q, transposeLast2(k)), Math.sqrt(dh)), mask.additive);
   const attention = softmax(scores, -1);
   opts.attentions?.push(attention);
   const probs = dropout(attention, cfg.attention_probs_dropout_prob, opts.training);
@@ -265,24 +296,29 @@ function fusedQkv(P: Params, prefix: string, x: Tensor, heads: number, dh: numbe
  * (joined at build time, so the activations are quantized once instead of three times).
  */
 function int8Qkv(P: Params, prefix: string, x: Tensor, heads: number, dh: number): [Tensor, Tensor, Tensor] {
+  const [B, T] = x.shape;
+  const qkv = transpose(reshape(int8QkvProjection(P, prefix, x), [B, T, 3, heads, dh]), [2, 0, 3, 1, 4]);
+  const part = (i: number) => squeeze(slice(qkv, 0, i, i + 1), [0]);
+  return [part(0), part(1), part(2)];
+}
+
+/** [B, T, 3H]: x @ [Wq; Wk; Wv]^T + [bq; bk; bv] as one int8 product. */
+function int8QkvProjection(P: Params, prefix: string, x: Tensor): Tensor {
   const names = ['query', 'key', 'value'].map((n) => `${prefix}.self.${n}`);
   const parts = names.map((n) => P.quantized(`${n}.weight`));
   if (parts.some((p) => !p)) throw new Error(`int8 graph: ${prefix} Q/K/V weights are not all quantized`);
   const w = concatQuantized(`${prefix}.self.qkv.weight`, parts as QuantizedWeight[]);
   const b = concat(names.map((n) => P.get(`${n}.bias`)), 0);
-  const [B, T] = x.shape;
-  const qkv = transpose(reshape(quantizedLinear(x, w, b), [B, T, 3, heads, dh]), [2, 0, 3, 1, 4]);
-  const part = (i: number) => squeeze(slice(qkv, 0, i, i + 1), [0]);
-  return [part(0), part(1), part(2)];
+  return quantizedLinear(x, w, b);
 }
 
-function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, maskAdd: Tensor, opts: ForwardOptions): Tensor {
+function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, mask: KeyMask, opts: ForwardOptions): Tensor {
   const p = `uniter.encoder.layer.${l}`;
-  const a = selfAttention(P, cfg, `${p}.attention`, x, maskAdd, opts);
+  const a = selfAttention(P, cfg, `${p}.attention`, x, mask, opts);
   const inter = dense(P, `${p}.intermediate.dense`, a);
   const h = gelu(inter);
   const o = dropout(dense(P, `${p}.output.dense`, h), cfg.hidden_dropout_prob, opts.training);
-  return ln(P, `${p}.output.LayerNorm`, add(o, a));
+  return addLn(P, `${p}.output.LayerNorm`, o, a, opts);
 }
 
 /** The encoder input: [text, regions, padding] per row, gathered from cat(text, image) by gather_index. */
@@ -306,9 +342,9 @@ export function uniterForward(P: Params, cfg: UniterConfig, inp: UniterInputs, o
   opts.capture?.set('txt_emb', txt);
   opts.capture?.set('img_emb', img);
   opts.capture?.set('embedding_output', x);
-  const maskAdd = extendedMask(inp.attn_masks);
+  const mask: KeyMask = { additive: extendedMask(inp.attn_masks), keys: inp.attn_masks };
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
-    x = encoderLayer(P, cfg, l, x, maskAdd, opts);
+    x = encoderLayer(P, cfg, l, x, mask, opts);
     opts.capture?.set(`encoder_layer_${l}`, x);
   }
   return x;

@@ -95,6 +95,33 @@ test('int8 graphs quantize exactly the encoder linears; embeddings, pooler and h
   assert.ok(!int8Quantized('uniter.encoder.layer.0.attention.self.query.bias'));
 });
 
+test('float32 inference graphs use the fused attention and skip-LayerNorm kernels, same values as the composite', async () => {
+  const tasks: Array<[ScoringTask, HeadName]> = [
+    ['itm', 'pretrain'],
+    ['vqa', 'vqa'],
+    ['nlvr2_paired_attn', 'nlvr2_paired_attn'],
+    ['re_mlp2', 're_mlp2'],
+  ];
+  for (const [task, head] of tasks) {
+    const params = randomParams(TINY, head, { numAnswers: 6 });
+    const runner = new UniterRunner(TINY, params, 1);
+    // Rows of different lengths: padded keys must be masked exactly as the composite's -10000 does.
+    const batch = sampleBatch(task, TINY, { examples: 4, words: [1, 12], regions: [1, 8] }, 21);
+    const opts = { ...INFER, numAnswers: 6 };
+    const fused = await runner.run(task, batch, opts);
+    const composite = await runner.run(task, batch, { ...opts, fusedAttention: false });
+    for (const [name, ref] of composite) assert.ok(maxAbsDiff(ref, fused.get(name)!) < 1e-5, `${task} ${name}`);
+  }
+  const tg = buildTaskGraph(TINY, 'itm', INFER);
+  const ops = tg.graph.nodes.map((n) => n.op);
+  assert.equal(ops.filter((o) => o === 'fusedAttention').length, TINY.num_hidden_layers);
+  assert.equal(ops.filter((o) => o === 'skipLayerNorm').length, 2 * TINY.num_hidden_layers);
+  assert.ok(!ops.includes('softmax'));
+  // Training graphs keep the differentiable composite.
+  const train = buildTaskGraph(TINY, 'itm', { training: true, grads: true, ot: null }).graph.nodes.map((n) => n.op);
+  assert.ok(!train.includes('fusedAttention') && !train.includes('skipLayerNorm') && train.includes('softmax'));
+});
+
 test('int8 is for inference only, and needs the weights', () => {
   const params = randomParams(TINY, 'pretrain');
   assert.throws(() => buildTaskGraph(TINY, 'itm', { training: false, grads: true, precision: 'int8' }, { weights: params }), /inference graphs only/);
@@ -132,7 +159,8 @@ test('export-onnx with precision int8: DynamicQuantizeMatMul inside, verified ag
   assert.ok(r32.verification?.ok);
   const bytes8 = fs.readFileSync(out8).toString('latin1');
   assert.ok(bytes8.includes('DynamicQuantizeMatMul') && bytes8.includes('com.microsoft'));
-  assert.ok(!fs.readFileSync(out32).toString('latin1').includes('DynamicQuantizeMatMul'));
+  // The float32 export stays in standard ONNX ops (no fused contrib kernels), for any runtime.
+  assert.ok(!fs.readFileSync(out32).toString('latin1').includes('com.microsoft'));
   const sidecar = JSON.parse(fs.readFileSync(`${out8}.json`, 'utf8')) as { precision: string; inputs: Array<{ name: string }> };
   assert.equal(sidecar.precision, 'int8');
   // Same inputs as the float32 export: the int8 weights are inside, not inputs.
