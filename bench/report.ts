@@ -367,6 +367,7 @@ export function renderBenchmarks(resultsDir: string, docsDir: string): { markdow
   }
 
   md.push('', '## Reproduce', '');
+  md.push('<!-- not-run: installs PyTorch and runs every benchmark (hours on 2 cores) -->');
   md.push('```bash');
   md.push('apt-get install -y python3-torch libopenblas0   # the PyTorch baseline (Debian packages; /usr/bin/python3)');
   md.push('npm install && npm run bench                      # = tsc -p . && node dist/bench/run-all.js: every benchmark, then this page');

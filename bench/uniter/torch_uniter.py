@@ -14,6 +14,11 @@ architecture of the official code (ChenRocks/UNITER), timed on request.
 Run with Debian's python3-torch: /usr/bin/python3 bench/uniter/torch_uniter.py ...
 OPENBLAS_NUM_THREADS must be set before torch loads (the TypeScript driver sets it).
 
+A fair baseline: OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE are removed from THIS process's
+environment before torch loads OpenBLAS (some machines set them, e.g. CORETYPE=Haswell, which
+makes OpenBLAS use older, slower kernels than the CPU supports); the values that were set and the
+kernel OpenBLAS then chose (openblas_get_corename) are reported in the "ready" line.
+
   serve  [--layers 12] [--threads 1] [--seed 1]
          Builds the base model, prints one JSON line {"ready": ...}, then answers the requests
          of bench/uniter/worker.ts (train / infer / ipot / gemm / rss / quit), one JSON line each.
@@ -23,14 +28,18 @@ OPENBLAS_NUM_THREADS must be set before torch loads (the TypeScript driver sets 
          engine's D/engine_out.safetensors.
 """
 import argparse
+import ctypes
 import json
 import math
 import os
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+# Before torch (and so OpenBLAS) is loaded: OpenBLAS reads these once, at load time.
+REMOVED_ENV = {k: os.environ.pop(k) for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "engine"))
 from torch_baseline import loaded_blas_libraries, max_rss_bytes, read_safetensors, write_safetensors  # noqa: E402
@@ -270,6 +279,24 @@ class AdamW:
 
 # ---------------------------------------------------------------------------------------------
 
+def openblas_info():
+    """The kernel OpenBLAS chose (core name) and its build config, for every OpenBLAS mapped."""
+    out = {"removed_env": REMOVED_ENV}
+    for p in loaded_blas_libraries():
+        try:
+            lib = ctypes.CDLL(p)
+        except OSError:
+            continue
+        if hasattr(lib, "openblas_get_corename"):
+            lib.openblas_get_corename.restype = ctypes.c_char_p
+            lib.openblas_get_config.restype = ctypes.c_char_p
+            out["corename"] = lib.openblas_get_corename().decode()
+            out["config"] = lib.openblas_get_config().decode()
+            out["library"] = p
+            break
+    return out
+
+
 def load_batch(path):
     return {k: torch.from_numpy(v) for k, v in read_safetensors(path).items()}
 
@@ -339,6 +366,7 @@ def serve(args):
     ready = {
         "ready": True, "side": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "blas_libraries": loaded_blas_libraries(),
+        "openblas": openblas_info(),
         "parameters": sum(p.numel() for p in params.values()), "init_s": time.perf_counter() - t0,
     }
     print(json.dumps(ready), flush=True)

@@ -8,6 +8,8 @@
  *          {"op":"train","task":"mlm"|"itm","batch":FILE}  forward + backward (dropout 0.1, WRA
  *                                                           for ITM) + clip + AdamW, as pretrain()
  *          {"op":"infer","batch":FILE}                      ITM scores, no dropout, no gradient
+ *          {"op":"infer","batch":FILE,"precision":"int8"}   the same from the int8 graph (encoder
+ *                                                           linears quantized; issue 19)
  *          {"op":"infer","batch":FILE,"baked":true}         the same from a graph with the weights
  *                                                           baked in as initializers (an experiment:
  *                                                           ORT can then pre-pack GEMM weights)
@@ -31,7 +33,7 @@ import { PRESETS, UniterConfig, saveConfig } from '../../src/model/config.js';
 import { TIES, allSpecs, initParams } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
 import { DEFAULT_OT, buildTaskGraph, prepareFeeds } from '../../src/model/task-graphs.js';
-import { ipot } from '../../src/model/uniter.js';
+import { PRECISIONS, Precision, ipot } from '../../src/model/uniter.js';
 import { AdamW, clipGradNorm } from '../../src/pretrain/optimizer.js';
 import { Rng } from '../../src/util/rng.js';
 import { hookSessions, parseSessionOptions } from './ort-session.js';
@@ -160,9 +162,10 @@ class EngineTrainer {
     };
   }
 
-  async infer(batch: Batch, baked = false): Promise<HostTensor> {
+  async infer(batch: Batch, baked = false, precision: Precision = 'float32'): Promise<HostTensor> {
     const opts = { training: false, grads: false, inference: true };
-    if (!baked) return (await this.runner.run('itm', batch, opts)).get('itm_scores')!;
+    // As Uniter.scores(): a graph whose only output is the scores.
+    if (!baked) return (await this.runner.run('itm', batch, { ...opts, precision, outputs: ['itm_scores'] })).get('itm_scores')!;
     if (!this.bakedInference) {
       const tg = buildTaskGraph(this.runner.cfg, 'itm', opts);
       const weights = new Map(tg.params.map((n) => [n, this.runner.params.get(n)!]));
@@ -218,7 +221,9 @@ async function serve(opts: Options): Promise<void> {
         if (req.task !== 'mlm' && req.task !== 'itm') throw new Error(`train: task must be mlm or itm, got ${JSON.stringify(req.task)}`);
         extra = await trainer.train(req.task, load(req.batch));
       } else if (req.op === 'infer') {
-        const scores = await trainer.infer(load(req.batch), (req as { baked?: boolean }).baked === true);
+        const precision = (req as { precision?: string }).precision ?? 'float32';
+        if (!PRECISIONS.includes(precision as Precision)) throw new Error(`infer: precision must be one of ${PRECISIONS.join(', ')}, got ${JSON.stringify(precision)}`);
+        const scores = await trainer.infer(load(req.batch), (req as { baked?: boolean }).baked === true, precision as Precision);
         extra = { pairs: scores.shape[0] };
       } else if (req.op === 'gemm') {
         const { m, k, n } = req as unknown as { m: number; k: number; n: number };

@@ -17,6 +17,7 @@ import type { Alignment } from './alignment.js';
 import type { ModelInput, RegionFeatures, TextInput } from './inputs.js';
 import { CONFIG_FILE } from './pretrained.js';
 import { Uniter } from './uniter.js';
+import type { Precision } from '../model/uniter.js';
 
 export const PIPELINE_TASKS = ['itm', 'vqa', 've', 'nlvr2', 'retrieval', 'refexp'] as const;
 export type PipelineTask = (typeof PIPELINE_TASKS)[number];
@@ -71,6 +72,8 @@ export interface PipelineOptions {
   detector?: string | Detector;
   /** ONNX Runtime threads (default: all cores). */
   threads?: number;
+  /** 'int8': quantized encoder linears (faster; see FromPretrainedOptions.precision). Default 'float32'. */
+  precision?: Precision;
   /** An image store (or an img_db directory) whose keys may be passed as images. */
   images?: ImageSource | string;
   /** Names of stored soft-label columns (column 0 = background), to label stored regions. */
@@ -219,7 +222,7 @@ function storedLabels(softLabels: Float32Array | undefined, nbb: number, classNa
 /** Load a model folder for one task and return a function from raw inputs to answers. */
 export async function pipeline<T extends PipelineTask>(task: T, modelDir: string, opts: PipelineOptions = {}): Promise<Pipeline<T>> {
   if (!PIPELINE_TASKS.includes(task)) throw new Error(`pipeline: unknown task '${String(task)}' (expected one of ${PIPELINE_TASKS.join(', ')})`);
-  const load = (t: Parameters<typeof Uniter.fromPretrained>[1]) => Uniter.fromPretrained(modelDir, { ...t, threads: opts.threads, vocabFile: opts.vocabFile });
+  const load = (t: Parameters<typeof Uniter.fromPretrained>[1]) => Uniter.fromPretrained(modelDir, { ...t, threads: opts.threads, vocabFile: opts.vocabFile, precision: opts.precision });
   let model: Uniter;
   if (task === 'retrieval') {
     // A pre-trained model retrieves zero-shot with its ITM head; a fine-tuned one has rank_output.

@@ -34,7 +34,7 @@ export interface PretrainedModel {
    * graph reads come from the folder; others (e.g. the MLM head next to ITM) are zero if absent.
    */
   params: Map<string, HostTensor>;
-  /** The inference graph (no targets, no loss) for `task`. */
+  /** The inference graph (no targets, no loss) for `task`, in standard ONNX ops (what export writes). */
   graph: TaskGraph;
   /** Heads the weights hold, most specific first. */
   heads: ScoringTask[];
@@ -91,7 +91,9 @@ export function loadPretrained(dir: string, opts: LoadPretrainedOptions = {}): P
   if (strayBody.length) {
     throw new Error(`${weightsFile} holds ${strayBody.length} model tensor(s) that ${configFile} does not describe (e.g. '${strayBody[0]}'; num_hidden_layers is ${config.num_hidden_layers}): the config does not match the weights`);
   }
-  const graph = buildTaskGraph(config, task, { training: false, grads: false, inference: true, numAnswers });
+  // Standard ONNX ops only (fusedAttention false): this is the graph `export-onnx` writes for any
+  // runtime; the library's own sessions use ONNX Runtime's fused kernels (same values within 1e-6).
+  const graph = buildTaskGraph(config, task, { training: false, grads: false, inference: true, numAnswers, fusedAttention: false });
   const loaded = new Set(report.loaded);
   const lacking = graph.params.filter((n) => !loaded.has(n));
   if (lacking.length) {

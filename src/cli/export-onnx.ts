@@ -6,7 +6,7 @@ import { UsageError, parseArgs, printJsonLine, reportFailure } from './common.js
 import type { Command } from './main.js';
 
 const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head paired-attn|paired|triplet] [--re-mlp 1|2]
-      [--pooled-output] [--opset N] [--external-data] [--verify] [--json] [--quiet]
+      [--pooled-output] [--opset N] [--external-data] [--verify] [--int8] [--json] [--quiet]
   --checkpoint DIR  a model folder (config.json + model.safetensors, as 'uniter convert' and the trainers write)
                     or a training checkpoint directory (OUT/ckpt/step_N)
   --task            itm | vqa | ve | nlvr2 | refexp | retrieval | vcr (default: the head the weights hold;
@@ -16,6 +16,8 @@ const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head pa
   --pooled-output   also output pooled_output (not for the paired-attn NLVR2 and RE heads)
   --opset N         opset to stamp, ${MIN_OPSET}..${MAX_OPSET} (default ${MIN_OPSET})
   --external-data   weights in OUT.onnx.data (automatic when they exceed the 2 GiB protobuf limit)
+  --int8            quantize the encoder's linear layers to int8 (com.microsoft DynamicQuantizeMatMul: needs
+                    ONNX Runtime; per-channel int8 weights inside the file, activations quantized at run time)
   --verify          run OUT.onnx in a fresh ONNX Runtime session on generated batches of two sizes and
                     compare with the library's outputs (|diff| <= 1e-5 x max(1, |value|)); exit 1 if not
   --json            print one JSON line (file, task, opset, inputs, outputs, sidecar, verification)
@@ -45,7 +47,7 @@ function describe(r: ExportResult): string {
   const lines: string[] = [];
   const mb = (n: number) => `${(n / 2 ** 20).toFixed(1)} MiB`;
   const where = r.dataFile ? `weights in ${r.dataFile}` : 'weights inside';
-  lines.push(`wrote ${r.file}: task ${r.task}, opset ${r.written.opset}, ${r.written.weightCount} weight tensors (${mb(r.written.weightBytes)}, ${where})`);
+  lines.push(`wrote ${r.file}: task ${r.task}${r.precision === 'int8' ? ' (int8)' : ''}, opset ${r.written.opset}, ${r.written.weightCount} weight tensors (${mb(r.written.weightBytes)}, ${where})`);
   const io = (x: { name: string; dtype: string; shape: Array<string | number> }) => `${x.name} ${x.dtype} [${x.shape.join(', ')}]`;
   lines.push(`  inputs:  ${r.inputs.map(io).join(', ')}`);
   lines.push(`  outputs: ${r.outputs.map(io).join(', ')}`);
@@ -68,7 +70,7 @@ export const command: Command = {
   async run(argv: string[]): Promise<number> {
     let parsed;
     try {
-      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify', 'json', 'quiet'] }, USAGE);
+      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify', 'int8', 'json', 'quiet'] }, USAGE);
     } catch (e) {
       return reportFailure('export-onnx', USAGE, e, () => true);
     }
@@ -95,6 +97,7 @@ export const command: Command = {
         pooledOutput: parsed.boolean['pooled-output'] === true,
         externalData: parsed.boolean['external-data'] === true ? true : 'auto',
         verify: parsed.boolean.verify === true,
+        precision: parsed.boolean.int8 === true ? 'int8' : 'float32',
       });
       if (!quiet) process.stderr.write(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
       if (parsed.boolean.json) printJsonLine({ file: r.file, task: r.task, opset: r.written.opset, weights: r.written.weightCount, dataFile: r.dataFile ?? null, sidecar: r.sidecarFile, inputs: r.inputs, outputs: r.outputs, verification: r.verification ?? null });

@@ -12,6 +12,9 @@ import { PbWriter } from './protobuf.js';
 
 export const OPSET = 18;
 
+/** Versions of the non-default operator domains the emitter may use. */
+export const CONTRIB_OPSET: Readonly<Record<string, number>> = { 'com.microsoft': 1 };
+
 interface NodeRec {
   op: string;
   inputs: string[];
@@ -116,6 +119,7 @@ export function emitOnnx(graph: Graph, outputs: Record<string, Tensor>, opts: Em
   const dimCache = new Map<string, string>();
   let counter = 0;
   const usedInputs = new Set<string>();
+  const initNames = new Set<string>();
 
   const fresh = (hint: string) => `${hint}_${counter++}`;
   const emitNode = (op: string, inputs: string[], attrs: Record<string, OnnxAttr> = {}, domain?: string): string => {
@@ -175,6 +179,16 @@ export function emitOnnx(graph: Graph, outputs: Record<string, Tensor>, opts: Em
     },
     dimOfValue: (value, axis) =>
       emitNode('Shape', [value], { start: { kind: 'i', value: axis }, end: { kind: 'i', value: axis + 1 } }),
+    initializer: (name, elemType, dims, raw) => {
+      let unique = name;
+      while (initNames.has(unique) || graph.inputs.has(unique)) unique = fresh(name);
+      initNames.add(unique);
+      const w = new PbWriter();
+      for (const d of dims) w.int(1, d);
+      w.int(2, elemType).string(8, unique).bytes(9, raw);
+      initializers.push(w);
+      return unique;
+    },
   };
 
   for (const t of graph.nodes) {
@@ -223,5 +237,8 @@ export function emitOnnx(graph: Graph, outputs: Record<string, Tensor>, opts: Em
 
   const model = new PbWriter().int(1, 8).string(2, 'uniter-ts').message(7, g);
   model.message(8, new PbWriter().string(1, '').int(2, OPSET));
+  // Contrib ops (com.microsoft: the quantized linear layers) need their domain imported.
+  const domains = new Set(nodes.map((n) => n.domain).filter((d): d is string => !!d));
+  for (const d of domains) model.message(8, new PbWriter().string(1, d).int(2, CONTRIB_OPSET[d] ?? 1));
   return { bytes: model.finish(), inputs, outputs: outNames };
 }

@@ -38,6 +38,12 @@ export interface EmitCtx {
   dim(d: Dim): string;
   /** A [1] int64 tensor = Shape(value)[axis]. */
   dimOfValue(value: string, axis: number): string;
+  /**
+   * A constant tensor stored as an initializer under `name` (made unique if taken), from raw
+   * little-endian bytes of ONNX element type `elemType` (e.g. 3 = int8): weights baked into an
+   * inference graph at build time.
+   */
+  initializer(name: string, elemType: number, dims: number[], raw: Uint8Array): string;
 }
 
 interface OpDef {
@@ -864,6 +870,134 @@ export function argMax(x: Tensor, axis: number): Tensor {
 }
 OPS.argMax = {
   emit: (ctx, t) => ctx.node('ArgMax', [ctx.input(t, 0)], { axis: A.i(t.attrs.axis as number), keepdims: A.i(0), select_last_index: A.i(0) }),
+};
+
+// ---------------------------------------------------------------------------------------------
+// Quantized linear layers (inference only: int8 weights are constants baked into the graph at
+// build time, so there is nothing to differentiate and no gradient rule)
+
+/** ONNX element type of int8 (TensorProto.INT8). */
+export const ONNX_INT8 = 3;
+
+/**
+ * A Linear weight quantized symmetrically per output channel: `data` is int8 [in, out] (the
+ * [K, N] layout of MatMul's B, i.e. the PyTorch [out, in] weight transposed) and
+ * w[o, i] ~= data[i, o] * scale[o]. Zero points are 0.
+ */
+export interface QuantizedWeight {
+  /** Name the initializers take (`<name>.int8`, `<name>.scale`): the official weight name. */
+  name: string;
+  inFeatures: number;
+  outFeatures: number;
+  data: Int8Array;
+  scale: Float32Array;
+}
+
+/**
+ * Quantize a PyTorch-layout weight [out, in] per output channel, symmetric int8: scale =
+ * max|w[o, :]| / qmax, q = round(w / scale) clamped to [-qmax, qmax]. qmax 127 uses the full
+ * int8 range (what ONNX Runtime's VNNI / ARM dot-product kernels need no headroom for).
+ */
+export function quantizeWeightPerChannel(name: string, w: Float32Array, outFeatures: number, inFeatures: number, qmax = 127): QuantizedWeight {
+  if (w.length !== outFeatures * inFeatures) throw new Error(`quantizeWeightPerChannel: '${name}' has ${w.length} values, [${outFeatures}, ${inFeatures}] needs ${outFeatures * inFeatures}`);
+  const data = new Int8Array(inFeatures * outFeatures);
+  const scale = new Float32Array(outFeatures);
+  for (let o = 0; o < outFeatures; o++) {
+    let m = 0;
+    const row = o * inFeatures;
+    for (let i = 0; i < inFeatures; i++) {
+      const a = Math.abs(w[row + i]);
+      if (a > m) m = a;
+      else if (!(a <= m)) m = NaN; // NaN: reported below
+      if (Number.isNaN(m)) break;
+    }
+    if (!Number.isFinite(m)) throw new Error(`quantizeWeightPerChannel: '${name}' row ${o} holds a non-finite value`);
+    const s = m > 0 ? m / qmax : 1;
+    scale[o] = s;
+    const inv = 1 / s;
+    for (let i = 0; i < inFeatures; i++) {
+      const q = Math.round(w[row + i] * inv);
+      data[i * outFeatures + o] = q > qmax ? qmax : q < -qmax ? -qmax : q;
+    }
+  }
+  return { name, inFeatures, outFeatures, data, scale };
+}
+
+/** Several quantized weights side by side along the output axis (per-channel scales make this exact). */
+export function concatQuantized(name: string, parts: readonly QuantizedWeight[]): QuantizedWeight {
+  const K = parts[0].inFeatures;
+  if (parts.some((p) => p.inFeatures !== K)) throw new Error(`concatQuantized: '${name}' parts differ in input features`);
+  const N = parts.reduce((s, p) => s + p.outFeatures, 0);
+  const data = new Int8Array(K * N);
+  const scale = new Float32Array(N);
+  let off = 0;
+  for (const p of parts) {
+    for (let i = 0; i < K; i++) data.set(p.data.subarray(i * p.outFeatures, (i + 1) * p.outFeatures), i * N + off);
+    scale.set(p.scale, off);
+    off += p.outFeatures;
+  }
+  return { name, inFeatures: K, outFeatures: N, data, scale };
+}
+
+/**
+ * x [..., in] @ dequant(W)^T + b with the activations quantized at run time (per tensor, uint8
+ * asymmetric) and int8 weights: ONNX Runtime's com.microsoft DynamicQuantizeMatMul, an integer
+ * GEMM (VNNI where the CPU has it) whose int32 result is scaled back to float32. Inference only.
+ */
+export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor): Tensor {
+  if (x.dtype !== 'float32') shapeError('quantizedLinear', `needs a float32 input, got ${x.dtype}`, x.shape);
+  if (dimsConflict(x.shape[x.rank - 1], w.inFeatures)) shapeError('quantizedLinear', `input features ${x.shape[x.rank - 1]} vs weight in-features ${w.inFeatures} ('${w.name}')`, x.shape, [w.outFeatures, w.inFeatures]);
+  if (bias && (bias.rank !== 1 || dimsConflict(bias.shape[0], w.outFeatures) || bias.dtype !== 'float32')) shapeError('quantizedLinear', `bias must be float32 [${w.outFeatures}]`, bias.shape);
+  return x.graph.add('quantizedLinear', bias ? [x, bias] : [x], { weight: w }, [...x.shape.slice(0, -1), w.outFeatures], 'float32');
+}
+OPS.quantizedLinear = {
+  emit: (ctx, t) => {
+    const w = t.attrs.weight as QuantizedWeight;
+    const b = ctx.initializer(`${w.name}.int8`, ONNX_INT8, [w.inFeatures, w.outFeatures], new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength));
+    const s = ctx.initializer(`${w.name}.scale`, onnxType('float32'), [w.outFeatures], new Uint8Array(w.scale.buffer, w.scale.byteOffset, w.scale.byteLength));
+    const inputs = [ctx.input(t, 0), b, s];
+    if (t.inputs.length > 1) inputs.push('', ctx.input(t, 1)); // no zero point (symmetric), then the bias
+    return ctx.node('DynamicQuantizeMatMul', inputs, {}, 'com.microsoft');
+  },
+};
+
+// ---------------------------------------------------------------------------------------------
+// Fused attention (inference only: ONNX Runtime's contrib kernel has no gradient here)
+
+/**
+ * softmax(q k^T / sqrt(dh) + (1 - keyMask) * -10000) v per head, for q, k, v [B, T, heads * dh]
+ * (already projected) and keyMask [B, T] (1 = attend, 0 = padding; any integer or bool type):
+ * com.microsoft MultiHeadAttention, one kernel instead of the head split / transposes, the two
+ * batched products, the mask addition and the softmax. Output [B, T, heads * dh].
+ */
+export function fusedAttention(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor, heads: number): Tensor {
+  for (const [n, t] of [['k', k], ['v', v]] as const) {
+    if (t.rank !== 3 || q.rank !== 3 || t.shape.some((d, i) => dimsConflict(d, q.shape[i]))) shapeError('fusedAttention', `${n} must be shaped like q [B, T, hidden]`, q.shape, t.shape);
+  }
+  const hidden = q.shape[2];
+  if (typeof hidden === 'number' && hidden % heads !== 0) shapeError('fusedAttention', `hidden ${hidden} is not a multiple of ${heads} heads`, q.shape);
+  if (keyMask.rank !== 2 || dimsConflict(keyMask.shape[0], q.shape[0]) || dimsConflict(keyMask.shape[1], q.shape[1])) shapeError('fusedAttention', 'key mask must be [B, T]', q.shape, keyMask.shape);
+  return q.graph.add('fusedAttention', [q, k, v, keyMask], { heads }, q.shape, q.dtype);
+}
+OPS.fusedAttention = {
+  emit: (ctx, t) => {
+    const mask = ctx.node('Cast', [ctx.input(t, 3)], { to: A.i(onnxType('int32')) });
+    return ctx.node('MultiHeadAttention', [ctx.input(t, 0), ctx.input(t, 1), ctx.input(t, 2), '', mask], { num_heads: A.i(t.attrs.heads as number), mask_filter_value: A.f(-10000) }, 'com.microsoft');
+  },
+};
+
+/**
+ * LayerNorm(x + skip) over the last axis (rank 3 inputs of one shape): com.microsoft
+ * SkipLayerNormalization, the residual addition and the normalisation in one pass. Inference only.
+ */
+export function skipLayerNorm(x: Tensor, skip: Tensor, w: Tensor, b: Tensor, eps = 1e-12): Tensor {
+  if (x.rank !== 3 || skip.rank !== 3 || x.shape.some((d, i) => dimsConflict(d, skip.shape[i]))) shapeError('skipLayerNorm', 'input and skip must both be [B, T, hidden]', x.shape, skip.shape);
+  const h = x.shape[2];
+  if (w.rank !== 1 || b.rank !== 1 || dimsConflict(w.shape[0], h) || dimsConflict(b.shape[0], h)) shapeError('skipLayerNorm', 'weight and bias must be [hidden] matching the last axis', x.shape, w.shape);
+  return x.graph.add('skipLayerNorm', [x, skip, w, b], { eps }, x.shape, x.dtype);
+}
+OPS.skipLayerNorm = {
+  emit: (ctx, t) => ctx.node('SkipLayerNormalization', [0, 1, 2, 3].map((i) => ctx.input(t, i)), { epsilon: A.f(t.attrs.eps as number) }, 'com.microsoft'),
 };
 
 export function describe(t: Tensor): string {

@@ -13,6 +13,8 @@ import type { DType, HostTensor } from '../engine/host.js';
 import { emitOnnx } from '../engine/onnx.js';
 import { fromOrt, toOrt } from '../engine/runtime.js';
 import { UniterRunner } from '../model/runner.js';
+import { buildTaskGraph } from '../model/task-graphs.js';
+import { PRECISIONS, Precision } from '../model/uniter.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { PretrainedModel, loadPretrained } from '../api/pretrained.js';
 import { SCORE_OUTPUT, ScoringTask, TaskRequest } from '../api/scoring-heads.js';
@@ -74,6 +76,11 @@ export interface ExportOptions {
   tolerance?: number;
   threads?: number;
   seed?: number;
+  /**
+   * 'int8': the encoder's linear layers as int8 DynamicQuantizeMatMul (com.microsoft, ONNX
+   * Runtime) with the quantized weights inside the file; default 'float32' (standard ONNX ops only).
+   */
+  precision?: Precision;
 }
 
 export interface ExportOnnxOptions extends ExportOptions {
@@ -100,6 +107,7 @@ export interface VerifyReport {
 
 export interface ExportResult {
   task: ScoringTask;
+  precision: Precision;
   file: string;
   dataFile: string | null;
   sidecarFile: string;
@@ -165,7 +173,14 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
     names.push('pooled_output');
   }
   const outputs = names.map((n) => outputSpec(n, model));
-  const emitted = emitOnnx(model.graph.graph, Object.fromEntries(names.map((n) => [n, model.graph.outputs[n]])), { name: `uniter_${task}` });
+  const precision = opts.precision ?? 'float32';
+  if (!PRECISIONS.includes(precision)) throw new Error(`export: precision must be one of ${PRECISIONS.join(', ')}, got '${String(precision)}'`);
+  // int8: the same inference graph with the encoder's linears quantized (their weights become constants).
+  const tg =
+    precision === 'int8'
+      ? buildTaskGraph(model.config, task, { training: false, grads: false, inference: true, numAnswers: model.numAnswers, precision, outputs: names }, { weights: model.params })
+      : model.graph;
+  const emitted = emitOnnx(tg.graph, Object.fromEntries(names.map((n) => [n, tg.outputs[n]])), { name: `uniter_${task}${precision === 'int8' ? '_int8' : ''}` });
   const weights = new Map<string, HostTensor>();
   const inputs: IoSpec[] = [];
   for (const inp of emitted.inputs) {
@@ -198,13 +213,14 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
       docString: `UNITER ${task} scoring graph exported by uniter-ts. Inputs are the official batch fields; see ${path.basename(sidecarFile)}.`,
       metadata: {
         'uniter.task': task,
+        'uniter.precision': precision,
         'uniter.config': JSON.stringify(model.config),
         ...(model.numAnswers !== undefined ? { 'uniter.num_answers': String(model.numAnswers) } : {}),
       },
     });
     if (staging) {
       try {
-        verification = await verifyExport(target, model, names, opts);
+        verification = await verifyExport(target, model, names, { ...opts, precision });
       } catch (e) {
         throw new ExportVerificationError(`export verification of ${file} failed: ${(e as Error).message}; nothing was written`, null);
       }
@@ -226,6 +242,7 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
     format: SIDECAR_FORMAT,
     version: SIDECAR_VERSION,
     task,
+    precision,
     model_file: path.basename(file),
     external_data: written.dataFile ? path.basename(written.dataFile) : null,
     opset: written.opset,
@@ -240,7 +257,7 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
     verification,
   };
   writeFileAtomic(sidecarFile, JSON.stringify(sidecar, null, 2) + '\n');
-  return { task, file, dataFile: written.dataFile, sidecarFile, inputs, outputs, written, verification };
+  return { task, precision, file, dataFile: written.dataFile, sidecarFile, inputs, outputs, written, verification };
 }
 
 /** `verify` found the exported file wrong (or could not run it); nothing was written. */
@@ -259,7 +276,7 @@ export class ExportVerificationError extends Error {
  * Run the exported file in a fresh session (not the library's session cache) on generated
  * batches whose every dynamic axis differs, and compare each output with the library's.
  */
-export async function verifyExport(file: string, model: PretrainedModel, outputs: readonly string[], opts: { tolerance?: number; threads?: number; seed?: number } = {}): Promise<VerifyReport> {
+export async function verifyExport(file: string, model: PretrainedModel, outputs: readonly string[], opts: { tolerance?: number; threads?: number; seed?: number; precision?: Precision } = {}): Promise<VerifyReport> {
   const tolerance = opts.tolerance ?? DEFAULT_TOLERANCE;
   const session = await ort.InferenceSession.create(path.resolve(file), { intraOpNumThreads: opts.threads ?? 1, graphOptimizationLevel: 'all' });
   const runner = new UniterRunner(model.config, model.params, opts.threads ?? 1);
@@ -274,7 +291,7 @@ export async function verifyExport(file: string, model: PretrainedModel, outputs
         feeds[name] = toOrt(t);
       }
       const got = await session.run(feeds);
-      const want = await runner.run(model.task, batch, { training: false, grads: false, inference: true, numAnswers: model.numAnswers });
+      const want = await runner.run(model.task, batch, { training: false, grads: false, inference: true, numAnswers: model.numAnswers, precision: opts.precision });
       const dims = {
         B: batch.get('input_ids')!.shape[0],
         Lt: batch.get('input_ids')!.shape[1],

@@ -298,6 +298,8 @@ export function writeOnnxModel(file: string, emitted: EmittedModel, weights: Rea
   if (opts.producerVersion) head.string(3, opts.producerVersion);
   if (opts.docString) head.string(6, opts.docString);
   const tail = new PbWriter().message(8, new PbWriter().string(1, '').int(2, opset));
+  // Imports of other operator domains (com.microsoft for int8 graphs) are kept as emitted.
+  for (const f of top) if (f.field === 8 && f.payload && (stringField(f.payload, 1, what) ?? '') !== '') tail.bytes(8, f.payload);
   for (const [k, v] of Object.entries(opts.metadata ?? {})) tail.message(14, new PbWriter().string(1, k).string(2, v));
 
   if (external) {

@@ -3,6 +3,8 @@
  * Runtime sessions) are cached per task and options; batches of any size reuse them.
  */
 import { DropoutSeed, Program, compile } from '../engine/runtime.js';
+import type { QuantizedWeight } from '../engine/ops.js';
+import type { Precision } from './uniter.js';
 import type { HostTensor } from '../engine/host.js';
 import { NonFiniteError, firstNonFinite, indexIn } from '../util/finite.js';
 import type { Batch } from '../data/types.js';
@@ -16,12 +18,23 @@ export interface RunOptions extends TaskOptions {
 
 export class UniterRunner {
   private readonly programs = new Map<string, { program: Program; taskGraph: TaskGraph }>();
+  /**
+   * Int8 weights, quantized once from `params` when an int8 graph is first built. Int8 graphs are
+   * for models whose weights no longer change (inference): a runner that trains its parameters in
+   * place must not ask for precision 'int8'.
+   */
+  private readonly int8Cache = new Map<string, QuantizedWeight>();
 
   constructor(
     readonly cfg: UniterConfig,
     /** Parameters by primary official name (tied aliases are not stored). */
     readonly params: Map<string, HostTensor>,
     private readonly threads?: number,
+    /**
+     * Precision of inference runs that do not name one (`uniter evaluate --int8`): 'int8' makes
+     * every inference graph of this runner quantized. Training graphs are always float32.
+     */
+    readonly defaults: { precision?: Precision } = {},
   ) {}
 
   /** Check that every parameter a head needs is present with the right shape. */
@@ -35,11 +48,12 @@ export class UniterRunner {
   }
 
   compiled(task: TaskName, opts: TaskOptions): { program: Program; taskGraph: TaskGraph } {
-    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks, opts.reRankMargin ?? null]);
+    if (opts.precision === undefined && this.defaults.precision && opts.inference && !opts.grads && !opts.training) opts = { ...opts, precision: this.defaults.precision };
+    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks, opts.reRankMargin ?? null, opts.precision ?? 'float32', opts.outputs ?? null, opts.fusedAttention ?? null]);
     let hit = this.programs.get(key);
     if (!hit) {
       this.validate(headOf(task), opts);
-      const taskGraph = buildTaskGraph(this.cfg, task, opts);
+      const taskGraph = buildTaskGraph(this.cfg, task, opts, opts.precision === 'int8' ? { weights: this.params, cache: this.int8Cache } : undefined);
       hit = { program: compile(taskGraph.graph, taskGraph.outputs, { threads: this.threads }), taskGraph };
       this.programs.set(key, hit);
     }

@@ -39,7 +39,9 @@ import type { Batch } from '../data/types.js';
 import type { UniterConfig } from './config.js';
 import { HeadName, HeadOptions, ParamSpec, allSpecs } from './params.js';
 import {
+  Int8Source,
   Params,
+  Precision,
   declareInputs,
   klDivElementwise,
   losses,
@@ -89,6 +91,16 @@ export interface TaskOptions extends HeadOptions {
    * highest-scoring other region, or a random one; chosen on the host, fed as re_neg_ix/re_hard).
    */
   reRankMargin?: number | null;
+  /**
+   * Inference graphs only: 'int8' quantizes the encoder's linear layers (see int8Quantized in
+   * uniter.ts); their weights are then constants of the graph, read from the Int8Source given to
+   * buildTaskGraph. Default float32.
+   */
+  precision?: Precision;
+  /** Inference graphs: false keeps the composite attention (for A/B measurements); default fused. */
+  fusedAttention?: boolean;
+  /** Only these outputs (official names); default every output of the task. */
+  outputs?: readonly string[];
 }
 
 export function headOf(task: TaskName): HeadName {
@@ -104,11 +116,17 @@ export interface TaskGraph {
   params: string[];
 }
 
-export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOptions): TaskGraph {
+export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOptions, int8?: Int8Source): TaskGraph {
   const head = headOf(task);
   const specs = allSpecs(cfg, head, opts);
-  const g = new Graph(`uniter_${task}`);
-  const P = new Params(g, specs);
+  const precision = opts.precision ?? 'float32';
+  if (precision !== 'float32' && precision !== 'int8') throw new Error(`precision must be 'float32' or 'int8', got '${String(precision)}'`);
+  if (precision === 'int8') {
+    if (opts.grads || opts.training || !opts.inference) throw new Error(`task ${task}: int8 is for inference graphs only (no training, no gradients, no loss)`);
+    if (!int8) throw new Error(`task ${task}: an int8 graph bakes its quantized weights in; pass the weights to quantize`);
+  }
+  const g = new Graph(`uniter_${task}${precision === 'int8' ? '_int8' : ''}`);
+  const P = new Params(g, specs, precision === 'int8' ? int8 : undefined);
   const mrm = task === 'mrfr' || task === 'mrc' || task === 'mrckl';
   const inp = declareInputs(g, cfg, {
     imgMasks: mrm || !!opts.imgMasks,
@@ -116,7 +134,9 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
     txtTypes: task === 'vcr',
   });
   const capture = opts.capture ? new Map<string, Tensor>() : undefined;
-  const seq = uniterForward(P, cfg, inp, { training: opts.training, gradients: opts.grads, capture });
+  // Inference graphs use ONNX Runtime's fused attention kernel (not when capturing intermediates).
+  const fused = !!opts.inference && !opts.training && !opts.grads && !capture && opts.fusedAttention !== false;
+  const seq = uniterForward(P, cfg, inp, { training: opts.training, gradients: opts.grads, capture, fusedAttention: fused });
   const out: Record<string, Tensor> = { sequence_output: seq };
   let loss: Tensor | null = null;
   const infer = !!opts.inference;
@@ -314,6 +334,11 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
   }
   if (loss) out.loss = loss;
   if (capture) for (const [k, v] of capture) out[k] = v;
+  if (opts.outputs) {
+    for (const name of Object.keys(out)) if (!opts.outputs.includes(name)) delete out[name];
+    const missing = opts.outputs.filter((n) => !(n in out));
+    if (missing.length) throw new Error(`task ${task}: no output(s) ${missing.join(', ')}`);
+  }
   const params = [...P.used.keys()];
   if (opts.grads) {
     if (!loss) throw new Error(`task ${task}: gradients need a loss (inference graphs have none)`);

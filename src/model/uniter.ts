@@ -22,6 +22,8 @@ import {
   gather,
   gatherElements,
   gelu,
+  fusedAttention,
+  skipLayerNorm,
   gemm,
   greater,
   layerNorm,
@@ -55,8 +57,33 @@ import {
   unsqueeze,
   where,
 } from '../engine/index.js';
+import type { HostTensor } from '../engine/host.js';
+import { QuantizedWeight, concatQuantized, quantizeWeightPerChannel, quantizedLinear } from '../engine/ops.js';
 import type { UniterConfig } from './config.js';
 import { ParamSpec, TIES } from './params.js';
+
+/** Numeric precision of an inference graph's linear layers. */
+export type Precision = 'float32' | 'int8';
+export const PRECISIONS: readonly Precision[] = ['float32', 'int8'];
+
+/**
+ * Weights an int8 graph quantizes at build time (the int8 tensors become constants of the
+ * graph), with a cache so that graphs built again from the same weights reuse them.
+ */
+export interface Int8Source {
+  weights: ReadonlyMap<string, HostTensor>;
+  cache?: Map<string, QuantizedWeight>;
+}
+
+/**
+ * The Linear weights an int8 graph quantizes: the six of every encoder layer (Q, K, V, the
+ * attention output, the FFN's two), which hold ~99% of an inference's multiply-adds at base size.
+ * Embeddings (img_linear, pos_linear, the lookup tables), every LayerNorm, softmax, the pooler
+ * and the task heads stay float32: they are cheap, and the heads' last layers decide the scores.
+ */
+export function int8Quantized(weightName: string): boolean {
+  return /^uniter\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$/.test(weightName);
+}
 
 /** Parameter lookup by official name (tied aliases resolve to their primary tensor). */
 export class Params {
@@ -66,8 +93,24 @@ export class Params {
   constructor(
     readonly graph: Graph,
     specs: ParamSpec[],
+    /** Set for int8 graphs: where the weights to quantize come from. */
+    readonly int8?: Int8Source,
   ) {
     for (const s of specs) this.shapes.set(s.name, s.shape);
+  }
+
+  /** The int8 form of a Linear weight when this graph quantizes it, else null. */
+  quantized(weightName: string): QuantizedWeight | null {
+    if (!this.int8 || !int8Quantized(weightName)) return null;
+    const hit = this.int8.cache?.get(weightName);
+    if (hit) return hit;
+    const shape = this.shapes.get(weightName);
+    const w = this.int8.weights.get(weightName);
+    if (!shape || !w) throw new Error(`int8 graph: no weights for '${weightName}' to quantize`);
+    if (w.dtype !== 'float32' || w.shape.join() !== shape.join()) throw new Error(`int8 graph: '${weightName}' is ${w.dtype} [${w.shape}], the model needs float32 [${shape}]`);
+    const q = quantizeWeightPerChannel(weightName, w.data as Float32Array, shape[0], shape[1]);
+    this.int8.cache?.set(weightName, q);
+    return q;
   }
 
   get(name: string): Tensor {
@@ -98,6 +141,18 @@ export interface ForwardOptions {
    * leave this unset and are unchanged.
    */
   attentions?: Tensor[];
+  /**
+   * Inference graphs: ONNX Runtime's fused transformer kernels (com.microsoft): attention as one
+   * MultiHeadAttention (not when collecting attentions) and residual + LayerNorm as one
+   * SkipLayerNormalization. Ignored when training or differentiating.
+   */
+  fusedAttention?: boolean;
+}
+
+/** The key mask of a batch in both forms: additive [B, 1, 1, Lj] and attn_masks [B, Lj] itself. */
+interface KeyMask {
+  additive: Tensor;
+  keys: Tensor;
 }
 
 /** Graph inputs of one UNITER forward pass (official batch names). */
@@ -134,8 +189,17 @@ function ln(P: Params, prefix: string, x: Tensor): Tensor {
   return layerNorm(x, P.get(`${prefix}.weight`), P.get(`${prefix}.bias`), LN_EPS);
 }
 
+/** LayerNorm(x + residual): one fused SkipLayerNormalization in fused inference graphs. */
+function addLn(P: Params, prefix: string, x: Tensor, residual: Tensor, opts: ForwardOptions): Tensor {
+  if (opts.fusedAttention && !opts.training && !opts.gradients) return skipLayerNorm(x, residual, P.get(`${prefix}.weight`), P.get(`${prefix}.bias`), LN_EPS);
+  return ln(P, prefix, add(x, residual));
+}
+
 function dense(P: Params, prefix: string, x: Tensor): Tensor {
-  return linear(x, P.get(`${prefix}.weight`), P.has(`${prefix}.bias`) ? P.get(`${prefix}.bias`) : undefined);
+  const bias = P.has(`${prefix}.bias`) ? P.get(`${prefix}.bias`) : undefined;
+  const q = P.quantized(`${prefix}.weight`);
+  if (q) return quantizedLinear(x, q, bias);
+  return linear(x, P.get(`${prefix}.weight`), bias);
 }
 
 /** Embedding lookup whose padding row (id 0) gets no gradient from the lookup, as padding_idx=0. */
@@ -174,20 +238,33 @@ export function imageEmbeddings(P: Params, cfg: UniterConfig, inp: UniterInputs,
   return dropout(e, cfg.hidden_dropout_prob, opts.training);
 }
 
-function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, maskAdd: Tensor, opts: ForwardOptions): Tensor {
+function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, mask: KeyMask, opts: ForwardOptions): Tensor {
   const heads = cfg.num_attention_heads;
   const dh = cfg.hidden_size / heads;
   const [B, T] = x.shape;
+  if (opts.fusedAttention && !opts.training && !opts.gradients && !opts.attentions) {
+    // Projections as [B, T, H] (int8: one product, then three slices), the rest in one kernel.
+    let q: Tensor, k: Tensor, v: Tensor;
+    if (P.int8) {
+      const H = cfg.hidden_size;
+      const qkv = int8QkvProjection(P, prefix, x);
+      [q, k, v] = [0, 1, 2].map((i) => slice(qkv, 2, i * H, (i + 1) * H));
+    } else [q, k, v] = ['query', 'key', 'value'].map((n) => dense(P, `${prefix}.self.${n}`, x));
+    const ctx = fusedAttention(q, k, v, mask.keys, heads);
+    return addLn(P, `${prefix}.output.LayerNorm`, dense(P, `${prefix}.output.dense`, ctx), x, opts);
+  }
   let q: Tensor, k: Tensor, v: Tensor;
   if (opts.gradients) {
     [q, k, v] = fusedQkv(P, prefix, x, heads, dh);
+  } else if (P.int8) {
+    [q, k, v] = int8Qkv(P, prefix, x, heads, dh);
   } else {
     const split = (t: Tensor) => transpose(reshape(t, [B, T, heads, dh]), [0, 2, 1, 3]);
     q = split(dense(P, `${prefix}.self.query`, x));
     k = split(dense(P, `${prefix}.self.key`, x));
     v = split(dense(P, `${prefix}.self.value`, x));
   }
-  const scores = add(div(matmul(q, transposeLast2(k)), Math.sqrt(dh)), maskAdd);
+  const scores = add(div(matmul(q, transposeLast2(k)), Math.sqrt(dh)), mask.additive);
   const attention = softmax(scores, -1);
   opts.attentions?.push(attention);
   const probs = dropout(attention, cfg.attention_probs_dropout_prob, opts.training);
@@ -214,13 +291,34 @@ function fusedQkv(P: Params, prefix: string, x: Tensor, heads: number, dh: numbe
   return [part(0), part(1), part(2)];
 }
 
-function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, maskAdd: Tensor, opts: ForwardOptions): Tensor {
+/**
+ * Int8 graphs: Q, K and V from one integer GEMM over the three quantized weights side by side
+ * (joined at build time, so the activations are quantized once instead of three times).
+ */
+function int8Qkv(P: Params, prefix: string, x: Tensor, heads: number, dh: number): [Tensor, Tensor, Tensor] {
+  const [B, T] = x.shape;
+  const qkv = transpose(reshape(int8QkvProjection(P, prefix, x), [B, T, 3, heads, dh]), [2, 0, 3, 1, 4]);
+  const part = (i: number) => squeeze(slice(qkv, 0, i, i + 1), [0]);
+  return [part(0), part(1), part(2)];
+}
+
+/** [B, T, 3H]: x @ [Wq; Wk; Wv]^T + [bq; bk; bv] as one int8 product. */
+function int8QkvProjection(P: Params, prefix: string, x: Tensor): Tensor {
+  const names = ['query', 'key', 'value'].map((n) => `${prefix}.self.${n}`);
+  const parts = names.map((n) => P.quantized(`${n}.weight`));
+  if (parts.some((p) => !p)) throw new Error(`int8 graph: ${prefix} Q/K/V weights are not all quantized`);
+  const w = concatQuantized(`${prefix}.self.qkv.weight`, parts as QuantizedWeight[]);
+  const b = concat(names.map((n) => P.get(`${n}.bias`)), 0);
+  return quantizedLinear(x, w, b);
+}
+
+function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, mask: KeyMask, opts: ForwardOptions): Tensor {
   const p = `uniter.encoder.layer.${l}`;
-  const a = selfAttention(P, cfg, `${p}.attention`, x, maskAdd, opts);
+  const a = selfAttention(P, cfg, `${p}.attention`, x, mask, opts);
   const inter = dense(P, `${p}.intermediate.dense`, a);
   const h = gelu(inter);
   const o = dropout(dense(P, `${p}.output.dense`, h), cfg.hidden_dropout_prob, opts.training);
-  return ln(P, `${p}.output.LayerNorm`, add(o, a));
+  return addLn(P, `${p}.output.LayerNorm`, o, a, opts);
 }
 
 /** The encoder input: [text, regions, padding] per row, gathered from cat(text, image) by gather_index. */
@@ -244,9 +342,9 @@ export function uniterForward(P: Params, cfg: UniterConfig, inp: UniterInputs, o
   opts.capture?.set('txt_emb', txt);
   opts.capture?.set('img_emb', img);
   opts.capture?.set('embedding_output', x);
-  const maskAdd = extendedMask(inp.attn_masks);
+  const mask: KeyMask = { additive: extendedMask(inp.attn_masks), keys: inp.attn_masks };
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
-    x = encoderLayer(P, cfg, l, x, maskAdd, opts);
+    x = encoderLayer(P, cfg, l, x, mask, opts);
     opts.capture?.set(`encoder_layer_${l}`, x);
   }
   return x;

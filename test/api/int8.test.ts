@@ -1,0 +1,168 @@
+/**
+ * Int8 inference graphs (issue 19): every scoring task agrees with float32 on the tiny fixtures
+ * within the stated tolerance (ITM probabilities within 0.01), the library, the runner default,
+ * the ONNX export and its verification all honour `precision`, and int8 is refused for training.
+ */
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { Uniter } from '../../src/api/uniter.js';
+import type { HostTensor } from '../../src/engine/host.js';
+import { toNumbers } from '../../src/engine/host.js';
+import { sampleBatch } from '../../src/export/sample.js';
+import { exportOnnx } from '../../src/export/export.js';
+import { UniterRunner } from '../../src/model/runner.js';
+import { buildTaskGraph } from '../../src/model/task-graphs.js';
+import { int8Quantized } from '../../src/model/uniter.js';
+import type { ScoringTask } from '../../src/api/scoring-heads.js';
+import type { HeadName } from '../../src/model/params.js';
+import { GOLDEN, TINY, goldenModelFolder, randomParams, removeTempDirs, tempDir, writeModelFolder } from '../export/model-folders.js';
+
+after(removeTempDirs);
+
+const INFER = { training: false, grads: false, inference: true } as const;
+
+function maxAbsDiff(a: HostTensor, b: HostTensor): number {
+  assert.deepEqual(a.shape, b.shape);
+  const x = toNumbers(a);
+  const y = toNumbers(b);
+  return Math.max(0, ...x.map((v, i) => Math.abs(v - y[i])));
+}
+
+function itmProbabilities(scores: HostTensor): number[] {
+  const v = toNumbers(scores);
+  return Array.from({ length: scores.shape[0] }, (_, i) => 1 / (1 + Math.exp(v[2 * i] - v[2 * i + 1])));
+}
+
+test('int8 scores agree with float32 for every scoring task (tiny random models)', async () => {
+  const tasks: Array<[ScoringTask, HeadName]> = [
+    ['itm', 'pretrain'],
+    ['vqa', 'vqa'],
+    ['retrieval', 'retrieval'],
+    ['nlvr2_paired_attn', 'nlvr2_paired_attn'],
+    ['re_mlp2', 're_mlp2'],
+    ['vcr', 'vcr'],
+  ];
+  for (const [task, head] of tasks) {
+    const params = randomParams(TINY, head, { numAnswers: 6 });
+    const runner = new UniterRunner(TINY, params, 1);
+    const batch = sampleBatch(task, TINY, { examples: 4, words: [2, 9], regions: [1, 7] }, 3);
+    const opts = { ...INFER, numAnswers: 6 };
+    const f32 = await runner.run(task, batch, opts);
+    const q8 = await runner.run(task, batch, { ...opts, precision: 'int8' });
+    assert.deepEqual([...q8.keys()].sort(), [...f32.keys()].sort(), task);
+    for (const [name, ref] of f32) {
+      const d = maxAbsDiff(ref, q8.get(name)!);
+      // Scores of these random models are O(1) (RE: padded regions are -1e4 in both).
+      assert.ok(d < 0.05, `${task} ${name}: int8 differs from float32 by ${d}`);
+      if (name === 'sequence_output') assert.ok(d > 0, `${task}: int8 identical to float32, so not quantized?`);
+    }
+    if (task === 'itm') {
+      const pf = itmProbabilities(f32.get('itm_scores')!);
+      const pq = itmProbabilities(q8.get('itm_scores')!);
+      pf.forEach((p, i) => assert.ok(Math.abs(p - pq[i]) <= 0.01, `ITM probability ${pq[i]} vs float32 ${p}`));
+    }
+  }
+});
+
+test('golden fixture: int8 ITM probabilities within 0.01 of float32, through Uniter.fromPretrained', async () => {
+  const dir = goldenModelFolder(path.join(tempDir('int8-golden-'), 'model'));
+  const f32 = Uniter.fromPretrained(dir, { task: 'itm', threads: 1 });
+  const q8 = Uniter.fromPretrained(dir, { task: 'itm', threads: 1, precision: 'int8' });
+  assert.equal(f32.precision, 'float32');
+  assert.equal(q8.precision, 'int8');
+  const batch = sampleBatch('itm', f32.config, { examples: 8, words: [3, 12], regions: [2, 9] }, 5);
+  const pf = await f32.scoreItm(batch);
+  const pq = await q8.scoreItm(batch);
+  let worst = 0;
+  pf.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - pq[i]))));
+  assert.ok(worst <= 0.01 && worst > 0, `max |int8 - float32| ITM probability ${worst}`);
+  assert.throws(() => Uniter.fromPretrained(dir, { precision: 'int4' as never }), /precision must be one of float32, int8/);
+  assert.ok(fs.existsSync(GOLDEN));
+});
+
+test('int8 graphs quantize exactly the encoder linears; embeddings, pooler and heads stay float32', () => {
+  const params = randomParams(TINY, 'vqa', { numAnswers: 6 });
+  const tg = buildTaskGraph(TINY, 'vqa', { ...INFER, numAnswers: 6, precision: 'int8' }, { weights: params });
+  const quantized = tg.graph.nodes.filter((n) => n.op === 'quantizedLinear');
+  // Per layer: Q/K/V as one product, the attention output, the FFN's two.
+  assert.equal(quantized.length, 4 * TINY.num_hidden_layers);
+  for (const p of tg.params) assert.ok(!int8Quantized(p), `${p} is still a float32 input`);
+  for (const p of ['uniter.img_embeddings.img_linear.weight', 'uniter.pooler.dense.weight', 'vqa_output.3.weight', 'uniter.embeddings.LayerNorm.weight']) assert.ok(tg.params.includes(p), p);
+  assert.ok(int8Quantized('uniter.encoder.layer.0.intermediate.dense.weight'));
+  assert.ok(!int8Quantized('uniter.encoder.layer.0.attention.output.LayerNorm.weight'));
+  assert.ok(!int8Quantized('uniter.encoder.layer.0.attention.self.query.bias'));
+});
+
+test('float32 inference graphs use the fused attention and skip-LayerNorm kernels, same values as the composite', async () => {
+  const tasks: Array<[ScoringTask, HeadName]> = [
+    ['itm', 'pretrain'],
+    ['vqa', 'vqa'],
+    ['nlvr2_paired_attn', 'nlvr2_paired_attn'],
+    ['re_mlp2', 're_mlp2'],
+  ];
+  for (const [task, head] of tasks) {
+    const params = randomParams(TINY, head, { numAnswers: 6 });
+    const runner = new UniterRunner(TINY, params, 1);
+    // Rows of different lengths: padded keys must be masked exactly as the composite's -10000 does.
+    const batch = sampleBatch(task, TINY, { examples: 4, words: [1, 12], regions: [1, 8] }, 21);
+    const opts = { ...INFER, numAnswers: 6 };
+    const fused = await runner.run(task, batch, opts);
+    const composite = await runner.run(task, batch, { ...opts, fusedAttention: false });
+    for (const [name, ref] of composite) assert.ok(maxAbsDiff(ref, fused.get(name)!) < 1e-5, `${task} ${name}`);
+  }
+  const tg = buildTaskGraph(TINY, 'itm', INFER);
+  const ops = tg.graph.nodes.map((n) => n.op);
+  assert.equal(ops.filter((o) => o === 'fusedAttention').length, TINY.num_hidden_layers);
+  assert.equal(ops.filter((o) => o === 'skipLayerNorm').length, 2 * TINY.num_hidden_layers);
+  assert.ok(!ops.includes('softmax'));
+  // Training graphs keep the differentiable composite.
+  const train = buildTaskGraph(TINY, 'itm', { training: true, grads: true, ot: null }).graph.nodes.map((n) => n.op);
+  assert.ok(!train.includes('fusedAttention') && !train.includes('skipLayerNorm') && train.includes('softmax'));
+});
+
+test('int8 is for inference only, and needs the weights', () => {
+  const params = randomParams(TINY, 'pretrain');
+  assert.throws(() => buildTaskGraph(TINY, 'itm', { training: false, grads: true, precision: 'int8' }, { weights: params }), /inference graphs only/);
+  assert.throws(() => buildTaskGraph(TINY, 'itm', { ...INFER, precision: 'int8' }), /pass the weights/);
+  assert.throws(() => buildTaskGraph(TINY, 'itm', { ...INFER, precision: 'fp16' as never }), /precision must be/);
+});
+
+test('a runner default precision applies to inference runs only; outputs can be narrowed', async () => {
+  const params = randomParams(TINY, 'pretrain');
+  const batch = sampleBatch('itm', TINY, { examples: 3, words: [2, 6], regions: [2, 5] }, 9);
+  const plain = new UniterRunner(TINY, params, 1);
+  const int8 = new UniterRunner(TINY, params, 1, { precision: 'int8' });
+  const a = await int8.run('itm', batch, INFER);
+  const b = await plain.run('itm', batch, { ...INFER, precision: 'int8' });
+  assert.equal(maxAbsDiff(a.get('itm_scores')!, b.get('itm_scores')!), 0);
+  const only = await int8.run('itm', batch, { ...INFER, outputs: ['itm_scores'] });
+  assert.deepEqual([...only.keys()], ['itm_scores']);
+  assert.equal(maxAbsDiff(only.get('itm_scores')!, a.get('itm_scores')!), 0);
+  // Training graphs stay float32 whatever the default.
+  const train = sampleBatch('itm', TINY, { examples: 3, words: [2, 6], regions: [2, 5] }, 9);
+  train.set('targets', { dtype: 'int64', shape: [3], data: BigInt64Array.from([1n, 0n, 1n]) });
+  const loss = await int8.run('itm', train, { training: false, grads: true });
+  assert.ok(loss.has('grad.uniter.encoder.layer.0.intermediate.dense.weight'));
+});
+
+test('export-onnx with precision int8: DynamicQuantizeMatMul inside, verified against the library', async () => {
+  const root = tempDir('int8-export-');
+  const dir = writeModelFolder(path.join(root, 'itm'), TINY, randomParams(TINY, 'pretrain'));
+  const out32 = path.join(root, 'f32.onnx');
+  const out8 = path.join(root, 'int8.onnx');
+  const r32 = await exportOnnx({ checkpoint: dir, task: 'itm', out: out32, verify: true, threads: 1 });
+  const r8 = await exportOnnx({ checkpoint: dir, task: 'itm', out: out8, verify: true, threads: 1, precision: 'int8' });
+  assert.equal(r8.precision, 'int8');
+  assert.ok(r8.verification?.ok, JSON.stringify(r8.verification));
+  assert.ok(r32.verification?.ok);
+  const bytes8 = fs.readFileSync(out8).toString('latin1');
+  assert.ok(bytes8.includes('DynamicQuantizeMatMul') && bytes8.includes('com.microsoft'));
+  // The float32 export stays in standard ONNX ops (no fused contrib kernels), for any runtime.
+  assert.ok(!fs.readFileSync(out32).toString('latin1').includes('com.microsoft'));
+  const sidecar = JSON.parse(fs.readFileSync(`${out8}.json`, 'utf8')) as { precision: string; inputs: Array<{ name: string }> };
+  assert.equal(sidecar.precision, 'int8');
+  // Same inputs as the float32 export: the int8 weights are inside, not inputs.
+  assert.deepEqual(sidecar.inputs.map((i) => i.name), r32.inputs.map((i) => i.name));
+});
