@@ -183,11 +183,10 @@ export class Detector {
       attrProbs[i] = attrAll[i * NA + best];
     }
     if (trace) {
-      for (const [name, rows] of [['pooled', trace.pooledRows], ['res5', trace.res5Rows]] as const) {
-        const n = Math.min(rows, P);
-        const maps = await this.boxHead(true).run({ res4, rois: roisTensor(props.boxes, n) });
-        put(`roi/${name}`, maps.get(name)!);
-      }
+      // The 14x14 maps are large: one run over the first proposals gives both, cut to their counts.
+      const maps = await this.boxHead(true).run({ res4, rois: roisTensor(props.boxes, Math.min(Math.max(trace.pooledRows, trace.res5Rows), P)) });
+      put('roi/pooled', firstRows(maps.get('pooled')!, Math.min(trace.pooledRows, P)));
+      put('roi/res5', firstRows(maps.get('res5')!, Math.min(trace.res5Rows, P)));
       for (const name of ['features', 'cls_logits', 'cls_probs', 'attr_class_input', 'attr_hidden', 'attr_logits', 'attr_probs_all']) put(`roi/${name}`, head.get(name)!);
       put('roi/attr_probs', f32([P], attrProbs));
       put('roi/attr_ids', i64([P], attrIds));
@@ -298,9 +297,17 @@ export function distinctGridBoxes(boxes: Float32Array, n: number, scale: number)
 
 function gatherRows(t: HostTensor, rowOf: Int32Array): HostTensor {
   const width = t.data.length / t.shape[0];
-  const data = t.dtype === 'int64' ? new BigInt64Array(rowOf.length * width) : new Float32Array(rowOf.length * width);
-  rowOf.forEach((r, i) => (data as Float32Array).set((t.data as Float32Array).subarray(r * width, (r + 1) * width), i * width));
-  return { dtype: t.dtype, shape: [rowOf.length, ...t.shape.slice(1)], data };
+  const shape = [rowOf.length, ...t.shape.slice(1)];
+  if (t.dtype === 'int64') {
+    const src = t.data as BigInt64Array;
+    const data = new BigInt64Array(rowOf.length * width);
+    rowOf.forEach((r, i) => data.set(src.subarray(r * width, (r + 1) * width), i * width));
+    return { dtype: 'int64', shape, data };
+  }
+  const src = t.data as Float32Array;
+  const data = new Float32Array(rowOf.length * width);
+  rowOf.forEach((r, i) => data.set(src.subarray(r * width, (r + 1) * width), i * width));
+  return { dtype: t.dtype, shape, data };
 }
 
 function concatRows(list: HostTensor[]): HostTensor {
@@ -308,13 +315,19 @@ function concatRows(list: HostTensor[]): HostTensor {
   const rows = list.reduce((s, t) => s + t.shape[0], 0);
   const shape = [rows, ...list[0].shape.slice(1)];
   const total = list.reduce((s, t) => s + t.data.length, 0);
-  const data = list[0].dtype === 'int64' ? new BigInt64Array(total) : new Float32Array(total);
-  let off = 0;
-  for (const t of list) {
-    (data as Float32Array).set(t.data as Float32Array, off);
-    off += t.data.length;
+  if (list[0].dtype === 'int64') {
+    const data = new BigInt64Array(total);
+    list.reduce((off, t) => (data.set(t.data as BigInt64Array, off), off + t.data.length), 0);
+    return { dtype: 'int64', shape, data };
   }
+  const data = new Float32Array(total);
+  list.reduce((off, t) => (data.set(t.data as Float32Array, off), off + t.data.length), 0);
   return { dtype: list[0].dtype, shape, data };
+}
+
+function firstRows(t: HostTensor, n: number): HostTensor {
+  const width = t.data.length / t.shape[0];
+  return { dtype: t.dtype, shape: [n, ...t.shape.slice(1)], data: t.data.slice(0, n * width) as HostTensor['data'] };
 }
 
 /** The selected rows in UNITER's conventions: boxes back in original pixels, norm_bb, soft labels background first. */
