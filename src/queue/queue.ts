@@ -192,8 +192,10 @@ export async function runOnQueue<D, R>(run: ShardRun<D, R>, opts: QueueRunOption
     if (state === 'completed') {
       if (pending.has(jid)) {
         pending.delete(jid);
+        // A Job object read before the job completed carries no return value: read it afresh.
+        const done = job.returnvalue == null ? ((await queue.getJob(jid)) ?? job) : job;
         try {
-          run.accept(shard.id, job.returnvalue as R, { worker: (job.returnvalue as { worker?: string } | null)?.worker });
+          run.accept(shard.id, done.returnvalue as R, { worker: (done.returnvalue as { worker?: string } | null)?.worker });
           stored++;
         } catch (e) {
           failed.push({ id: shard.id, error: `its result was refused: ${(e as Error).message}`, attempts: job.attemptsMade });
