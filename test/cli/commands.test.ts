@@ -1,32 +1,22 @@
 /** Issue 16: --json is one line everywhere; meta.json carries toker; progress on data build; check-golden without --out; the bare-weights message. */
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { command as worldCommand } from '../../src/cli/world.js';
 import { serializeTorchZip, stateDictFromHost } from '../../src/interop/torch-writer.js';
 import { readSafetensors } from '../../src/engine/safetensors.js';
+import { uniterProcess } from '../helpers/cli.js';
 import { runCommand } from '../helpers/cli.js';
 
-const BIN = fileURLToPath(new URL('../../../bin/uniter.js', import.meta.url));
 const NPZ_DIR = fileURLToPath(new URL('../../../test/fixtures/data/official/npz/coco_tiny/', import.meta.url));
 const GOLDEN = fileURLToPath(new URL('../../../test/fixtures/golden/tiny/', import.meta.url));
 const TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-cmds-'));
 after(() => fs.rmSync(TMP, { recursive: true, force: true }));
 
-async function uniter(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args]);
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const err = e as { code: number; stdout: string; stderr: string };
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-  }
-}
+const uniter = uniterProcess;
 
 test('data build: meta.json has the official fields (toker = the tokenizer name); --json is one line; progress on stderr', async () => {
   const jsonl = path.join(TMP, 'caps.jsonl');

@@ -1,21 +1,10 @@
 /** Issue 16: one CLI grammar: every command's --help explains every option; one exit-code and error convention. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
+import { uniterProcess } from '../helpers/cli.js';
 
-const BIN = fileURLToPath(new URL('../../../bin/uniter.js', import.meta.url));
 
-async function uniter(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args]);
-    return { code: 0, stdout, stderr };
-  } catch (e) {
-    const err = e as { code: number; stdout: string; stderr: string };
-    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
-  }
-}
+const uniter = uniterProcess;
 
 const COMMANDS = ['finetune', 'evaluate', 'data', 'world', 'convert', 'check-golden', 'pretrain', 'export-onnx', 'ablate', 'extract', 'serve', 'worker', 'retrieval-score'];
 

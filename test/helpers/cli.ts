@@ -1,5 +1,21 @@
-/** Running a `uniter` command in-process with console output captured. */
+/** Running `uniter` commands in tests: in-process with console output captured, or as the binary. */
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
 import type { Command } from '../../src/cli/main.js';
+
+const BIN = fileURLToPath(new URL('../../../bin/uniter.js', import.meta.url));
+
+/** `node bin/uniter.js ARGS` as a child process: its exit code and both streams (never throws). */
+export async function uniterProcess(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  try {
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args]);
+    return { code: 0, stdout, stderr };
+  } catch (e) {
+    const err = e as { code: number; stdout: string; stderr: string };
+    return { code: err.code, stdout: err.stdout, stderr: err.stderr };
+  }
+}
 
 export async function runCommand(command: Command, args: string[]): Promise<{ code: number; out: string; err: string }> {
   const out: string[] = [];
