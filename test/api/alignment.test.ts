@@ -3,25 +3,19 @@ import assert from 'node:assert/strict';
 import * as path from 'node:path';
 import { Uniter } from '../../src/api/uniter.js';
 import { groupWords } from '../../src/api/alignment.js';
-import type { RegionFeatures } from '../../src/api/inputs.js';
 import { itmCollate } from '../../src/data/collate.js';
 import { defaultTokenizer } from '../../src/data/tokenizer.js';
 import { positionFeatures } from '../../src/data/types.js';
 import { toNumbers } from '../../src/engine/host.js';
 import { UniterRunner } from '../../src/model/runner.js';
 import { DEFAULT_OT } from '../../src/model/task-graphs.js';
-import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder } from '../export/model-folders.js';
+import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder, testRegions } from '../export/model-folders.js';
 
 after(removeTempDirs);
 
 const tok = defaultTokenizer();
 
-function image(nbb: number, seed: number): RegionFeatures {
-  const features = Float32Array.from({ length: nbb * TINY.img_dim }, (_, i) => Math.sin(i * 0.37 + seed));
-  const normBb = new Float32Array(nbb * 6);
-  for (let k = 0; k < nbb; k++) normBb.set([0.1 * k, 0.05, 0.1 * k + 0.2, 0.5, 0.2, 0.45], k * 6);
-  return { nbb, features, normBb };
-}
+const image = testRegions;
 
 test('groupWords joins WordPieces into words and skips [CLS]/[SEP]', () => {
   assert.deepEqual(groupWords(['[CLS]', 'a', 'cy', '##lin', '##der', '.', '[SEP]']), [

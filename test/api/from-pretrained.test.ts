@@ -4,7 +4,6 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Uniter } from '../../src/api/uniter.js';
 import { collateInputs } from '../../src/api/inputs.js';
-import type { RegionFeatures } from '../../src/api/inputs.js';
 import { collateRows } from '../../src/data/collate.js';
 import { defaultTokenizer } from '../../src/data/tokenizer.js';
 import { positionFeatures } from '../../src/data/types.js';
@@ -15,18 +14,13 @@ import { convertTorchCheckpoint, exportTorchCheckpoint } from '../../src/interop
 import { UniterRunner } from '../../src/model/runner.js';
 import { saveCheckpoint } from '../../src/pretrain/checkpoint.js';
 import { sampleBatch } from '../../src/export/sample.js';
-import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder } from '../export/model-folders.js';
+import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder, testRegions } from '../export/model-folders.js';
 
 after(removeTempDirs);
 
 const tok = defaultTokenizer();
 
-function image(nbb: number, seed: number): RegionFeatures {
-  const features = Float32Array.from({ length: nbb * TINY.img_dim }, (_, i) => Math.sin(i * 0.37 + seed));
-  const normBb = new Float32Array(nbb * 6);
-  for (let k = 0; k < nbb; k++) normBb.set([0.1 * k, 0.05, 0.1 * k + 0.2, 0.5, 0.2, 0.45], k * 6);
-  return { nbb, features, normBb };
-}
+const image = testRegions;
 
 function sameValues(a: HostTensor, b: HostTensor, tol = 0): void {
   assert.deepEqual(a.shape, b.shape);

@@ -5,20 +5,14 @@ import * as path from 'node:path';
 import { InputError, pipeline } from '../../src/api/pipeline.js';
 import { Uniter } from '../../src/api/uniter.js';
 import { convertTorchCheckpoint, exportTorchCheckpoint } from '../../src/interop/convert.js';
-import type { RegionFeatures } from '../../src/api/inputs.js';
 import type { ImageRecord, ImageSource } from '../../src/data/types.js';
 import { readSafetensors } from '../../src/engine/safetensors.js';
 import type { UniterConfig } from '../../src/model/config.js';
-import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder } from '../export/model-folders.js';
+import { TINY, randomParams, removeTempDirs, tempDir, writeModelFolder, testRegions } from '../export/model-folders.js';
 
 after(removeTempDirs);
 
-function image(nbb: number, seed: number, dim = TINY.img_dim): RegionFeatures {
-  const features = Float32Array.from({ length: nbb * dim }, (_, i) => Math.sin(i * 0.37 + seed));
-  const normBb = new Float32Array(nbb * 6);
-  for (let k = 0; k < nbb; k++) normBb.set([0.1 * k, 0.05, 0.1 * k + 0.2, 0.5, 0.2, 0.45], k * 6);
-  return { nbb, features, normBb };
-}
+const image = testRegions;
 
 /** An in-memory image store with soft labels (class 2 wins for region 0, class 3 for the others). */
 function store(): ImageSource {

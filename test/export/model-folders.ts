@@ -3,6 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { RegionFeatures } from '../../src/api/inputs.js';
 import type { HostTensor } from '../../src/engine/host.js';
 import { readSafetensors, writeSafetensors } from '../../src/engine/safetensors.js';
 import { PRESETS, UniterConfig } from '../../src/model/config.js';
@@ -65,4 +66,12 @@ export function goldenModelFolder(dir: string, headFile?: string): string {
   fs.copyFileSync(path.join(GOLDEN, 'config.json'), path.join(dir, 'config.json'));
   writeSafetensors(path.join(dir, 'model.safetensors'), tensors, {});
   return dir;
+}
+
+/** Deterministic regions for scoring tests: `nbb` boxes of `dim`-wide features varying with `seed`. */
+export function testRegions(nbb: number, seed: number, dim = TINY.img_dim): RegionFeatures {
+  const features = Float32Array.from({ length: nbb * dim }, (_, i) => Math.sin(i * 0.37 + seed));
+  const normBb = new Float32Array(nbb * 6);
+  for (let k = 0; k < nbb; k++) normBb.set([0.1 * k, 0.05, 0.1 * k + 0.2, 0.5, 0.2, 0.45], k * 6);
+  return { nbb, features, normBb };
 }
