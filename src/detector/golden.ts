@@ -7,7 +7,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { HostTensor } from '../engine/host.js';
+import { HostTensor, maxMagnitude } from '../engine/host.js';
 import { readSafetensors } from '../engine/safetensors.js';
 import { isJsonObject, readJsonObject } from '../util/json.js';
 import { readDetectorConfig } from './config.js';
@@ -82,12 +82,6 @@ export async function checkDetectorGolden(dir: string, opts: { threads?: number 
 }
 
 const num = (t: HostTensor, i: number) => Number(t.data[i]);
-
-function maxMagnitude(t: HostTensor): number {
-  let m = 0;
-  for (let i = 0; i < t.data.length; i++) m = Math.max(m, Math.abs(num(t, i)));
-  return m;
-}
 
 interface TieEps {
   argmax_logit?: number;

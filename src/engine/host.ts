@@ -55,6 +55,13 @@ export function toNumbers(t: HostTensor): number[] {
   return out;
 }
 
+/** Largest absolute value of a numeric tensor (0 for an empty one): the scale tolerances refer to. */
+export function maxMagnitude(t: HostTensor): number {
+  let m = 0;
+  for (let i = 0; i < t.data.length; i++) m = Math.max(m, Math.abs(Number(t.data[i])));
+  return m;
+}
+
 /** Float32 view of a tensor (copy when the dtype differs). */
 export function asFloat32(t: HostTensor): Float32Array {
   if (t.data instanceof Float32Array) return t.data;

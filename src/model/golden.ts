@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Graph, compile } from '../engine/index.js';
-import { HostTensor, toNumbers } from '../engine/host.js';
+import { HostTensor, maxMagnitude, toNumbers } from '../engine/host.js';
 import { readSafetensors } from '../engine/safetensors.js';
 import type { Batch } from '../data/types.js';
 import { buildGoldenBatches } from '../data/golden-batches.js';
@@ -52,12 +52,6 @@ const MODEL_CLASS_TASK: Record<string, TaskName> = {
   UniterForImageTextRetrieval: 'retrieval',
   UniterForVisualCommonsenseReasoning: 'vcr',
 };
-
-function maxMagnitude(t: HostTensor): number {
-  let m = 0;
-  for (let i = 0; i < t.data.length; i++) m = Math.max(m, Math.abs(Number(t.data[i])));
-  return m;
-}
 
 /**
  * Tolerances: forward values within 1e-4 of max(1, largest magnitude); gradients within 1e-4 of
