@@ -181,7 +181,7 @@ async function runCell(o: AblationOptions, v: Variant, seed: number, dir: string
       const p = variantPretrain(d, v);
       const { value, time } = await timed(
         (r) => r.steps,
-        () => pretrain({ modelConfig: d.model, settings: p.settings, train: p.train, val: p.val, outDir: ptDir, resume: true, quiet: true, threads: o.threads, runConfig: { ablation: v.name, seed, settings: p.settings } }),
+        () => pretrain({ modelConfig: d.model, settings: p.settings, train: p.train, val: p.val, outDir: ptDir, resume: true, quiet: true, threads: o.threads, runConfig: { ablation: v.name, seed, world: d.world.options, settings: p.settings } }),
       );
       writeFileAtomic(record, JSON.stringify({ validation: value.validation, timing: time }, null, 1) + '\n');
       say(`pre-trained ${v.tasks.join('+')}${v.wra ? ' (WRA)' : ''}${v.jointMasking ? ' (joint masking)' : ''} for ${time.steps} steps in ${time.seconds.toFixed(0)} s`);

@@ -13,9 +13,8 @@ import { parseConfig } from '../model/config.js';
 import { readWeightsAny } from '../model/load.js';
 import { UniterRunner } from '../model/runner.js';
 import { defaultSettings, loadFinetuneConfig } from '../finetune/defaults.js';
-import { openTaskData, taskRegistry, type DataChoice, type EvalSplit, type TaskOptionValues } from '../finetune/task-registry.js';
-import { configNextToWeights, resolveWeightsPath, type Evaluation } from '../finetune/trainer.js';
-import { LATEST_FILE, TRAINER_FILE, checkpointRoot } from '../pretrain/checkpoint.js';
+import { defaultWorldChoice, openTaskData, taskRegistry, type DataChoice, type EvalSplit, type TaskOptionValues } from '../finetune/task-registry.js';
+import { configNextToWeights, recordedRun, resolveWeightsPath, type Evaluation } from '../finetune/trainer.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { readJsonObject } from '../util/json.js';
 import { JobProgress, UsageError, formatMetrics, guard, intFlag, parseArgs, printJsonLine, sayer } from './common.js';
@@ -28,7 +27,8 @@ const USAGE = `evaluate TASK --checkpoint DIR [--data DIR] [--config FILE] [--sp
   --checkpoint DIR  fine-tuned model folder (config.json + model.safetensors), a fine-tuning run directory
                     (uses its best/) or a checkpoint step directory
   --data DIR        a world folder written by 'uniter world'. Default: the data the fine-tuning run recorded
-                    (its checkpoints' trainer.json), else the synthetic world in memory; the command says which
+                    (its checkpoints' trainer.json), else the synthetic world in memory (the one the weights
+                    were pre-trained on when recorded, else the main job's); the command says which
   --config FILE     the fine-tuning config of the model: its task options (e.g. use_img_type), batch size and,
                     when it names official stores, the split's txt_db / img_db (val_txt_db, test_txt_db ...).
                     Default: the options the run recorded
@@ -50,22 +50,6 @@ export interface EvaluateCliResult {
   /** The data scored, and why that data. */
   data: string;
   dataFrom: string;
-}
-
-/** What the fine-tuning run that wrote these weights recorded (trainer.json config.run), and where. */
-export function recordedRun(weights: string): { file: string; run: Record<string, unknown> } | null {
-  const dir = fs.statSync(weights).isDirectory() ? weights : path.dirname(weights);
-  const candidates = [path.join(dir, TRAINER_FILE)];
-  // A run's best/ folder: the run's latest checkpoint records the run.
-  const pointer = path.join(checkpointRoot(path.dirname(dir)), LATEST_FILE);
-  if (fs.existsSync(pointer)) candidates.push(path.join(checkpointRoot(path.dirname(dir)), fs.readFileSync(pointer, 'utf8').trim(), TRAINER_FILE));
-  for (const file of candidates) {
-    if (!fs.existsSync(file)) continue;
-    const t = readJsonObject(file, 'trainer state');
-    const run = (t.config as { run?: unknown } | null)?.run;
-    if (run && typeof run === 'object' && !Array.isArray(run)) return { file, run: run as Record<string, unknown> };
-  }
-  return null;
 }
 
 export async function runEvaluate(argv: string[], say: (m: string) => void = (m) => process.stderr.write(m + '\n')): Promise<EvaluateCliResult> {
@@ -104,13 +88,14 @@ export async function runEvaluate(argv: string[], say: (m: string) => void = (m)
     choice = { paths: config.paths, worldDir: config.worldDir };
     dataFrom = `--config ${a.string.config}`;
   } else if (recordedSource) {
-    choice = { paths: recordedSource.paths, worldDir: recordedSource.worldDir };
+    choice = { paths: recordedSource.paths, worldDir: recordedSource.worldDir, world: recordedSource.world };
     dataFrom = `as recorded by the fine-tuning run (${recorded!.file})`;
   } else {
-    choice = {};
+    const fallback = defaultWorldChoice(weights);
+    choice = fallback.choice;
     dataFrom = rec && rec.run.task !== undefined && rec.run.task !== task.name
-      ? `default: the weights come from a '${String(rec.run.task)}' run, not '${task.name}'; pass --data DIR to choose`
-      : 'default: the model records no data; pass --data DIR to choose';
+      ? `default: ${fallback.why}; the weights come from a '${String(rec.run.task)}' run, not '${task.name}'; pass --data DIR to choose`
+      : `default: ${fallback.why}; the model records no fine-tuning data; pass --data DIR to choose`;
   }
   const options: TaskOptionValues | undefined = config?.options ?? (recorded?.run.options as TaskOptionValues | undefined);
   const settings = config?.settings ?? defaultSettings(task);

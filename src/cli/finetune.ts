@@ -10,7 +10,8 @@ import { setDefaultThreads } from '../engine/runtime.js';
 import { parseConfig, type UniterConfig } from '../model/config.js';
 import type { LoadReport } from '../model/load.js';
 import { DEFAULT_MODEL, loadFinetuneConfig, parseFinetuneConfig, type FinetuneConfig } from '../finetune/defaults.js';
-import { getTask, openTaskData, taskRegistry, type DataPaths, type TaskDefinition } from '../finetune/task-registry.js';
+import { defaultWorldChoice, getTask, openTaskData, taskRegistry, type DataPaths, type TaskDefinition } from '../finetune/task-registry.js';
+import type { WorldOptions } from '../data/world.js';
 import { DEFAULT_PRETRAIN_RUN, RESULTS_DIR, configNextToWeights, finetune, initialFinetuneParams, resolveWeightsPath, type FinetuneResult } from '../finetune/trainer.js';
 import { writeTrainingReport } from '../report/training.js';
 import { UsageError, formatMetrics, guard, intFlag, parseArgs, printJsonLine, sayer } from './common.js';
@@ -26,7 +27,8 @@ const USAGE = `finetune TASK [--config FILE] [--checkpoint PATH|none] [--data DI
                      (a bare weights file needs a config beside it: convert it first, 'uniter convert IN.pt DIR');
                      'none' = fresh initialization; default: ${DEFAULT_PRETRAIN_RUN} when present
   --data DIR         a world folder written by 'uniter world' (default: the config's data, else the synthetic
-                     world, generated in memory); recorded with the run, so 'uniter evaluate' uses it too
+                     world in memory: the one the weights were pre-trained on when their run recorded it, else
+                     the main job's); recorded with the run, so 'uniter evaluate' uses it too
   --out DIR          output directory (default runs/finetune-TASK)
   --steps N          optimizer steps (the config's num_train_steps, else the task's default)
   --seed N           random seed (data order, dropout, new head weights)
@@ -66,9 +68,11 @@ export async function runFinetune(argv: string[], say: (m: string) => void = (m)
   const base = baseModelConfig(config, weights);
   const outDir = config.outputDir ?? path.resolve(cwd, 'runs', `finetune-${task.name}`);
   const t0 = Date.now();
-  const data = openTaskData(task, { paths: config.paths, worldDir: config.worldDir });
+  const named = config.paths !== null || config.worldDir !== null;
+  const fallback = named ? null : defaultWorldChoice(weights);
+  const data = openTaskData(task, fallback?.choice ?? { paths: config.paths, worldDir: config.worldDir });
   try {
-    tell(`data: ${data.describe} (loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+    tell(`data: ${data.describe}${fallback ? `: ${fallback.why}` : ''} (loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
     const plan = task.plan(base, config.options, data, config.settings.seed);
     const init = initialFinetuneParams(plan.cfg, plan.head, plan.headOptions, config.settings.seed, weights, plan.hooks);
     if (init.report) tell(describeLoad(init.report));
@@ -85,7 +89,7 @@ export async function runFinetune(argv: string[], say: (m: string) => void = (m)
       stopAtStep: a.string['stop-after'] !== undefined ? intFlag(a.string['stop-after'], '--stop-after', 1) : undefined,
       quiet,
       log: tell,
-      runConfig: { task: task.name, settings: s, options: config.options, checkpoint: weights, data: data.describe, dataSource: { paths: config.paths, worldDir: config.worldDir, inMemoryWorld: !config.paths && !config.worldDir } satisfies DataSource },
+      runConfig: { task: task.name, settings: s, options: config.options, checkpoint: weights, data: data.describe, dataSource: { paths: config.paths, worldDir: config.worldDir, inMemoryWorld: !named, world: fallback?.choice.world ?? null } satisfies DataSource },
     });
     writeTrainingReport(path.join(outDir, 'log.jsonl'), path.join(outDir, 'report.html'), { title: `UNITER fine-tuning: ${task.name}` });
     return { task: task.name, outDir, result, load: init.report };
@@ -140,8 +144,9 @@ export function cliTask(name: string): TaskDefinition {
 export interface DataSource {
   paths: DataPaths | null;
   worldDir: string | null;
-  /** The synthetic world generated in memory (preset 'default'). */
+  /** The synthetic world generated in memory: with `world`'s options (runs before they were recorded: preset 'default'). */
   inMemoryWorld: boolean;
+  world?: WorldOptions | null;
 }
 
 export const command: Command = {

@@ -5,7 +5,7 @@
  */
 import * as path from 'node:path';
 import { loadPretrainConfig } from '../pretrain/config.js';
-import { embeddedDefault, initialParams, modelConfigFrom, openStoreSources, settingsFromConfig } from '../pretrain/run.js';
+import { embeddedDefault, embeddedRunRecord, initialParams, modelConfigFrom, openStoreSources, settingsFromConfig } from '../pretrain/run.js';
 import { checkRunMemory, pretrain, PretrainResult } from '../pretrain/trainer.js';
 import { writeTrainingReport } from '../report/training.js';
 import { showWhatItLearned } from '../pretrain/demo.js';
@@ -82,7 +82,7 @@ async function runPretrain(argv: string[]): Promise<number> {
       dataDescription = `the synthetic grounded world (seed ${d.world.options.seed}): ${c.images.train} train images, ${c.txtDbs.pretrain_world_train} captions`;
       say(`generated the synthetic world in ${((Date.now() - t) / 1000).toFixed(1)} s: ${c.images.train} train / ${c.images.val} val images, ${c.objects} objects, ${c.txtDbs.pretrain_world_train} train captions`);
       say(`model: tiny UNITER (hidden ${d.model.hidden_size}, ${d.model.num_hidden_layers} layers); ${d.settings.steps} steps of ITM+WRA / MLM / MRFR / MRC-kl mixed ${d.train[0].mix_ratio?.join(':')}; output in ${outDir}`);
-      result = await pretrain({ modelConfig: d.model, settings: d.settings, train: d.train, val: d.val, outDir, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: { embedded: true, settings: d.settings }, ...ownership });
+      result = await pretrain({ modelConfig: d.model, settings: d.settings, train: d.train, val: d.val, outDir, resume: a.boolean.resume, quiet: a.boolean.quiet, runConfig: embeddedRunRecord(d), ...ownership });
       if (!a.boolean.quiet) await showWhatItLearned(result, d, (m) => say(m));
     }
     const report = path.join(outDir, 'report.html');

@@ -15,11 +15,12 @@ import { TaskLoader, type LoadedBatch } from '../data/sampler.js';
 import { TxtDb } from '../data/txtdb.js';
 import type { Batch, ImageSource, TextSource } from '../data/types.js';
 import type { Rng } from '../util/rng.js';
-import { generateWorld, readWorldManifest, type World, type WorldPreset } from '../data/world.js';
+import { generateWorld, readWorldManifest, resolveWorldOptions, type World, type WorldOptions, type WorldPreset } from '../data/world.js';
 import type { UniterConfig } from '../model/config.js';
 import type { HeadName, HeadOptions } from '../model/params.js';
 import type { UniterRunner } from '../model/runner.js';
-import type { Evaluation, FinetuneJob, FinetuneSettings, SurgeryHooks, TrainBatchSource } from './trainer.js';
+import { recordedRun, type Evaluation, type FinetuneJob, type FinetuneSettings, type SurgeryHooks, type TrainBatchSource } from './trainer.js';
+import { embeddedRecipe } from '../pretrain/run.js';
 import { nlvr2Task } from './nlvr2.js';
 import { reTask } from './refexp.js';
 import { retrievalTask } from './retrieval.js';
@@ -196,6 +197,8 @@ export interface DataChoice {
   paths?: DataPaths | null;
   /** A world folder written by `uniter world`. */
   worldDir?: string | null;
+  /** The synthetic world generated in memory with these options (e.g. the one a pre-training run used). */
+  world?: WorldOptions | null;
   /** Otherwise the synthetic world is generated in memory with this preset (default 'default'). */
   worldPreset?: WorldPreset;
 }
@@ -204,8 +207,45 @@ export function openTaskData(task: TaskDefinition, choice: DataChoice): TaskData
   if (choice.paths) return taskDataFromPaths(choice.paths);
   if (choice.worldDir) return taskDataFromWorld(openWorldDir(choice.worldDir), task.worldPrefix);
   // Keep every decoded image in memory: synthesising features again for each batch costs more than the model step.
-  const world = generateWorld({ preset: choice.worldPreset ?? 'default', cacheSize: 4000 });
-  return taskDataFromWorld(worldStores(world), task.worldPrefix);
+  const options: WorldOptions = choice.world ? { ...choice.world, cacheSize: 4000 } : { preset: choice.worldPreset ?? 'default', cacheSize: 4000 };
+  const world = generateWorld(options);
+  const describe = choice.world ? `synthetic world (preset ${world.options.preset}, seed ${world.options.seed}, ${world.options.minObjects}-${world.options.maxObjects} objects per image, in memory)` : undefined;
+  return taskDataFromWorld(worldStores(world, describe), task.worldPrefix);
+}
+
+/**
+ * The synthetic world that pre-trained these weights, when a run of `uniter pretrain` on the
+ * world recorded it (trainer.json config.run.world; runs of the embedded default made before
+ * the world was recorded used the embedded recipe's world). Fine-tuning on the same world's
+ * downstream splits keeps the images pre-training held out as the tasks' val and test images.
+ */
+export function pretrainingWorldOf(weights: string): { world: WorldOptions; file: string } | null {
+  const rec = recordedRun(weights);
+  if (!rec || rec.run.task !== undefined) return null;
+  const recorded = rec.run.world;
+  if (recorded !== undefined) {
+    if (!recorded || typeof recorded !== 'object' || Array.isArray(recorded)) throw new Error(`${rec.file}: config.run.world must be an object of world options, got ${JSON.stringify(recorded)}`);
+    try {
+      resolveWorldOptions(recorded as WorldOptions);
+    } catch (e) {
+      throw new Error(`${rec.file}: config.run.world: ${(e as Error).message}`);
+    }
+    return { world: recorded as WorldOptions, file: rec.file };
+  }
+  if (rec.run.embedded === true) return { world: embeddedRecipe().world, file: rec.file };
+  return null;
+}
+
+/**
+ * The data of `uniter finetune` / `uniter evaluate` when none is named: the synthetic world the
+ * weights were pre-trained on when their run recorded one, else the main job's world (the world
+ * `uniter pretrain` uses by default), so that "pre-train, then fine-tune" meets on one world and
+ * a fresh initialization is compared on the same data. `why` says which, for messages.
+ */
+export function defaultWorldChoice(weights: string | null): { choice: DataChoice; why: string } {
+  const recorded = weights ? pretrainingWorldOf(weights) : null;
+  if (recorded) return { choice: { world: recorded.world }, why: `the world the weights were pre-trained on (recorded in ${recorded.file})` };
+  return { choice: { world: embeddedRecipe().world }, why: "the main job's world (that of 'uniter pretrain' without --config)" };
 }
 
 function readSideFile(dir: string, file: string): unknown {

@@ -414,3 +414,18 @@ export function configNextToWeights(weights: string): Record<string, unknown> | 
   return null;
 }
 
+/** What the run (pre-training or fine-tuning) that wrote these weights recorded (trainer.json config.run), and where. */
+export function recordedRun(weights: string): { file: string; run: Record<string, unknown> } | null {
+  const dir = fs.statSync(weights).isDirectory() ? weights : path.dirname(weights);
+  const candidates = [path.join(dir, TRAINER_FILE)];
+  // A run's best/ (fine-tuning) or model/ (pre-training) folder: the run's latest checkpoint records the run.
+  const pointer = path.join(checkpointRoot(path.dirname(dir)), LATEST_FILE);
+  if (fs.existsSync(pointer)) candidates.push(path.join(checkpointRoot(path.dirname(dir)), fs.readFileSync(pointer, 'utf8').trim(), TRAINER_FILE));
+  for (const file of candidates) {
+    if (!fs.existsSync(file)) continue;
+    const t = readJsonObject(file, 'trainer state');
+    const run = (t.config as { run?: unknown } | null)?.run;
+    if (run && typeof run === 'object' && !Array.isArray(run)) return { file, run: run as Record<string, unknown> };
+  }
+  return null;
+}

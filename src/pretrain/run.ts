@@ -154,6 +154,14 @@ export function embeddedDefault(opts: { steps?: number; seed?: number; world?: W
   };
 }
 
+/**
+ * What a run of the embedded default records with its checkpoints: the world's options let
+ * `uniter finetune` and `uniter evaluate` regenerate the same world for the downstream tasks.
+ */
+export function embeddedRunRecord(d: Pick<EmbeddedDefault, 'world' | 'settings'>): { embedded: true; world: WorldOptions; settings: TrainSettings } {
+  return { embedded: true, world: d.world.options, settings: d.settings };
+}
+
 export function ensureDir(dir: string): string {
   fs.mkdirSync(dir, { recursive: true });
   return path.resolve(dir);

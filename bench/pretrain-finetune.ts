@@ -1,0 +1,156 @@
+/**
+ * Issue 18's end-to-end check: `uniter pretrain` (a finished run), then `uniter finetune TASK`
+ * with the defaults for each of the six tasks, against the same fine-tuning from a fresh
+ * initialization (`--checkpoint none`) and against chance, all scored with `uniter evaluate TASK
+ * --split test` on the held-out test split of the world the pre-training run recorded.
+ *
+ * The commands run as the README shows them (child processes of bin/uniter.js), in two lanes at
+ * once (pre-trained and fresh), one ONNX Runtime thread each. Finished cells are reused, so the
+ * script can be stopped and run again.
+ *
+ *   node dist/bench/pretrain-finetune.js --pretrained runs/pretrain-default --out runs/pretrain-finetune \
+ *     [--tasks vqa,ve,...] [--results bench/results/pretrain-finetune]
+ */
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import { parseArgs } from 'node:util';
+import { promisify } from 'node:util';
+import { WORLD_IMG_DBS, generateWorld, type World } from '../src/data/world.js';
+import { defaultWorldChoice, taskRegistry } from '../src/finetune/task-registry.js';
+import { resolveWeightsPath } from '../src/finetune/trainer.js';
+import { writeFileAtomic } from '../src/util/atomic.js';
+import { repoRoot } from './harness.js';
+
+/** The test-split metrics compared per task (the first is the headline). */
+const METRICS: Record<string, string[]> = {
+  vqa: ['score'],
+  ve: ['acc'],
+  nlvr2: ['acc'],
+  retrieval: ['img_r1', 'txt_r1', 'r_mean'],
+  re: ['acc_det', 'acc_gt'],
+  vcr: ['qa', 'qar', 'q2ar'],
+};
+
+interface Cell {
+  task: string;
+  start: 'pretrained' | 'fresh';
+  steps: number;
+  seconds: number;
+  test: Record<string, number>;
+}
+
+const run = promisify(execFile);
+
+async function uniter(args: string[]): Promise<Record<string, unknown>> {
+  const bin = path.join(repoRoot(), 'bin', 'uniter.js');
+  const { stdout } = await run(process.execPath, [bin, ...args, '--json', '--quiet', '--threads', '1'], { maxBuffer: 64 << 20 });
+  return JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>;
+}
+
+async function cell(task: string, start: Cell['start'], pretrained: string, outRoot: string): Promise<Cell> {
+  const dir = path.join(outRoot, `${task}-${start}`);
+  const record = `${dir}.json`;
+  if (fs.existsSync(record)) return JSON.parse(fs.readFileSync(record, 'utf8')) as Cell;
+  const t0 = Date.now();
+  const ft = await uniter(['finetune', task, '--checkpoint', start === 'fresh' ? 'none' : pretrained, '--out', dir]);
+  const seconds = (Date.now() - t0) / 1000;
+  const ev = await uniter(['evaluate', task, '--checkpoint', dir, '--split', 'test', '--out', path.join(dir, 'eval-test')]);
+  const metrics = (ev.metrics as Record<string, Record<string, number>>).test ?? {};
+  const c: Cell = { task, start, steps: ft.steps as number, seconds, test: metrics };
+  writeFileAtomic(record, JSON.stringify(c, null, 1) + '\n');
+  return c;
+}
+
+/** What guessing without looking scores on the test split (the best constant answer, or 1/candidates). */
+export function chanceOf(task: string, world: World): Record<string, number> {
+  const db = world.textDb(`${taskRegistry().get(task)!.worldPrefix}_world_test`);
+  const recs = db.ids().map((id) => db.get(id) as unknown as Record<string, unknown>);
+  const bestConstant = (labelsOf: (r: Record<string, unknown>) => Map<number, number>): number => {
+    const total = new Map<number, number>();
+    for (const r of recs) for (const [l, s] of labelsOf(r)) total.set(l, (total.get(l) ?? 0) + s);
+    return Math.max(...total.values()) / recs.length;
+  };
+  const softTarget = (r: Record<string, unknown>) => {
+    const t = r.target as { labels: number[]; scores: number[] };
+    return new Map(t.labels.map((l, i) => [l, t.scores[i]]));
+  };
+  switch (task) {
+    case 'vqa':
+      return { score: bestConstant(softTarget) };
+    case 've':
+      return { acc: bestConstant(softTarget) };
+    case 'nlvr2':
+      return { acc: bestConstant((r) => new Map([[r.target as number, 1]])) };
+    case 'retrieval': {
+      // Random ranking: R@1 is 1 / images for an image query over its captions' gallery, and the same for text.
+      const images = new Set(recs.map((r) => String(r.img_fname))).size;
+      return { img_r1: 1 / images, txt_r1: 1 / images };
+    }
+    case 're': {
+      // A uniformly random box of the image.
+      const mean = (store: 'det' | 'gt') => recs.reduce((a, r) => a + 1 / world.imageStore(WORLD_IMG_DBS[store]).nbb(world.imageName(store, r.image_id as number)), 0) / recs.length;
+      return { acc_det: mean('det'), acc_gt: mean('gt') };
+    }
+    case 'vcr':
+      return { qa: 0.25, qar: 0.25, q2ar: 1 / 16 };
+    default:
+      throw new Error(`no chance level for task '${task}'`);
+  }
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { pretrained: { type: 'string' }, out: { type: 'string' }, tasks: { type: 'string' }, results: { type: 'string' } } });
+  if (!values.pretrained || !values.out) throw new Error('usage: pretrain-finetune --pretrained RUN_DIR --out DIR [--tasks a,b] [--results DIR]');
+  const pretrained = path.resolve(values.pretrained);
+  const outRoot = path.resolve(values.out);
+  fs.mkdirSync(outRoot, { recursive: true });
+  const tasks = values.tasks ? values.tasks.split(',') : [...taskRegistry().keys()];
+  for (const t of tasks) if (!METRICS[t]) throw new Error(`--tasks: unknown task '${t}' (expected ${Object.keys(METRICS).join(', ')})`);
+  const { choice, why } = defaultWorldChoice(resolveWeightsPath(pretrained));
+  const world = generateWorld({ ...choice.world, cacheSize: 0 });
+  const say = (m: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${m}\n`);
+  say(`data: ${why}`);
+
+  const lane = async (start: Cell['start']): Promise<Cell[]> => {
+    const out: Cell[] = [];
+    for (const t of tasks) {
+      const c = await cell(t, start, pretrained, outRoot);
+      say(`${t} ${start}: ${JSON.stringify(c.test)} (${c.steps} steps, ${c.seconds.toFixed(0)} s)`);
+      out.push(c);
+    }
+    return out;
+  };
+  const [pre, fresh] = await Promise.all([lane('pretrained'), lane('fresh')]);
+  const pct = (x: number | undefined) => (x === undefined ? 'n/a' : (100 * x).toFixed(1));
+  const lines = [
+    '| task | metric (test split) | chance | fresh init | pre-trained | pre-trained beats both |',
+    '|---|---|---:|---:|---:|---|',
+  ];
+  const rows: Array<Record<string, unknown>> = [];
+  tasks.forEach((t, i) => {
+    const chance = chanceOf(t, world);
+    for (const m of METRICS[t]) {
+      const p = pre[i].test[m];
+      const f = fresh[i].test[m];
+      const c = chance[m];
+      const beats = p !== undefined && f !== undefined && p > f && (c === undefined || p > c);
+      lines.push(`| ${t} | ${m} | ${pct(c)} | ${pct(f)} | ${pct(p)} | ${p === undefined ? 'n/a' : beats ? 'yes' : '**no**'} |`);
+      rows.push({ task: t, metric: m, chance: c ?? null, fresh: f ?? null, pretrained: p ?? null, beats });
+    }
+  });
+  const table = lines.join('\n');
+  process.stdout.write(table + '\n');
+  if (values.results) {
+    fs.mkdirSync(values.results, { recursive: true });
+    writeFileAtomic(path.join(values.results, 'results.json'), JSON.stringify({ pretrained, data: why, rows, cells: [...pre, ...fresh] }, null, 1) + '\n');
+    writeFileAtomic(path.join(values.results, 'table.md'), table + '\n');
+  }
+}
+
+if (process.argv[1] && import.meta.url.endsWith(path.basename(process.argv[1]))) {
+  main().catch((e) => {
+    process.stderr.write(`pretrain-finetune: ${(e as Error).message}\n`);
+    process.exit(1);
+  });
+}
