@@ -2,7 +2,7 @@
 import { ExportResult, exportOnnx } from '../export/export.js';
 import { MAX_OPSET, MIN_OPSET } from '../export/onnx-file.js';
 import { TASK_REQUESTS, TaskRequest } from '../api/scoring-heads.js';
-import { UsageError, parseArgs, printJsonLine, reportFailure } from './common.js';
+import { PhasedProgress, UsageError, parseArgs, printJsonLine, reportFailure } from './common.js';
 import type { Command } from './main.js';
 
 const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head paired-attn|paired|triplet] [--re-mlp 1|2]
@@ -87,7 +87,9 @@ export const command: Command = {
     }
     const t0 = Date.now();
     const quiet = parsed.boolean.quiet === true;
-    if (!quiet) process.stderr.write(`exporting ${checkpoint} -> ${parsed.positional[0]}${parsed.boolean.verify ? ', then verifying it in a fresh ONNX Runtime session' : ''}...\n`);
+    if (!quiet) process.stderr.write(`exporting ${checkpoint} -> ${parsed.positional[0]}${parsed.boolean.verify ? ', then verifying it in a fresh ONNX Runtime session' : ''}\n`);
+    // Progress on stderr: reading the weights, writing the file(s), the verification batches.
+    const progress = new PhasedProgress({ unit: 'bytes', quiet });
     try {
       const r = await exportOnnx({
         checkpoint,
@@ -98,7 +100,8 @@ export const command: Command = {
         externalData: parsed.boolean['external-data'] === true ? true : 'auto',
         verify: parsed.boolean.verify === true,
         precision: parsed.boolean.int8 === true ? 'int8' : 'float32',
-      });
+        onProgress: progress.callback,
+      }).finally(() => progress.finish());
       if (!quiet) process.stderr.write(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
       if (parsed.boolean.json) printJsonLine({ file: r.file, task: r.task, opset: r.written.opset, weights: r.written.weightCount, dataFile: r.dataFile ?? null, sidecar: r.sidecarFile, inputs: r.inputs, outputs: r.outputs, verification: r.verification ?? null });
       else if (!quiet) console.log(describe(r));

@@ -22,7 +22,7 @@ import { CaffeError } from './caffe.js';
 import { DetectorWeightsError, checkDetectorTensors } from '../detector/weights.js';
 import { inferDetectorConfig } from './detector-weights.js';
 import { TorchCheckpointError } from './torch-tensor.js';
-import { TorchSaveFormat, serializeTorchCheckpoint, stateDictFromHost } from './torch-writer.js';
+import { TorchSaveFormat, stateDictFromHost, writeTorchCheckpoint } from './torch-writer.js';
 import { readJsonObject } from '../util/json.js';
 import { readAns2Label } from '../finetune/task-registry.js';
 import { parseConfig } from '../model/config.js';
@@ -215,36 +215,37 @@ function folderConfig(inPath: string): Record<string, unknown> | null {
   return fs.existsSync(file) ? readJsonObject(file, 'model config', (m) => new SafetensorsError(m)) : null;
 }
 
-/** Write the exported file and its config beside it, refusing to replace either without overwrite. */
-function writeExport(outFile: string, bytes: Uint8Array | (() => void), config: Record<string, unknown> | null, overwrite: boolean, onProgress?: PhaseProgress): string | null {
-  checkOutFile(outFile, overwrite);
+/**
+ * Read a model folder and export it through `write` (which returns the tensor count), with its
+ * config beside the file; an existing output or config is refused before any work unless `overwrite`.
+ */
+function exportFolder(inPath: string, outFile: string, opts: { overwrite?: boolean; onProgress?: PhaseProgress }, write: (w: ReturnType<typeof readUniterWeights>) => number): ExportReport {
+  const config = folderConfig(inPath);
+  checkOutFile(outFile, opts.overwrite === true);
   const configFile = config ? sidecarConfigPath(outFile) : null;
-  if (configFile) checkOutFile(configFile, overwrite);
-  if (typeof bytes === 'function') bytes();
-  else {
-    const phase = `writing ${path.basename(outFile)}`;
-    onProgress?.(phase, 0, bytes.length, 'bytes');
-    writeFileAtomic(outFile, bytes, onProgress && ((done, total) => onProgress(phase, done, total, 'bytes')));
-  }
+  if (configFile) checkOutFile(configFile, opts.overwrite === true);
+  const w = readUniterWeights(inPath, { onProgress: opts.onProgress });
+  const tensorCount = write(w);
   if (configFile) writeFileAtomic(configFile, `${JSON.stringify(config, null, 2)}\n`);
-  return configFile;
+  return { file: outFile, configFile, tensorCount, expanded: Object.keys(w.tied) };
 }
 
 /** Model folder -> safetensors with every official name present (aliases get their own copy), config beside it. */
 export function exportTorchSafetensors(inPath: string, outFile: string, opts: { overwrite?: boolean; onProgress?: PhaseProgress } = {}): ExportReport {
-  const w = readUniterWeights(inPath, { onProgress: opts.onProgress });
-  const all = expandTies(w.tensors, w.tied, w.file);
-  const configFile = writeExport(outFile, () => writeSafetensors(outFile, all, { format: 'pt' }, opts.onProgress), folderConfig(inPath), opts.overwrite === true);
-  return { file: outFile, configFile, tensorCount: all.size, expanded: Object.keys(w.tied) };
+  return exportFolder(inPath, outFile, opts, (w) => {
+    const all = expandTies(w.tensors, w.tied, w.file);
+    writeSafetensors(outFile, all, { format: 'pt' }, opts.onProgress);
+    return all.size;
+  });
 }
 
 /** Model folder -> a torch.save checkpoint (zip by default), config beside it; tied names share one storage as in PyTorch. */
 export function exportTorchCheckpoint(inPath: string, outFile: string, format: TorchSaveFormat = 'zip', opts: { overwrite?: boolean; onProgress?: PhaseProgress } = {}): ExportReport {
-  const w = readUniterWeights(inPath, { onProgress: opts.onProgress });
-  expandTies(w.tensors, w.tied, w.file); // validates the ties
-  const root = stateDictFromHost(w.tensors, { tied: w.tied });
-  const configFile = writeExport(outFile, serializeTorchCheckpoint(root, format), folderConfig(inPath), opts.overwrite === true, opts.onProgress);
-  return { file: outFile, configFile, tensorCount: w.tensors.size + Object.keys(w.tied).length, expanded: Object.keys(w.tied) };
+  return exportFolder(inPath, outFile, opts, (w) => {
+    expandTies(w.tensors, w.tied, w.file); // validates the ties
+    writeTorchCheckpoint(outFile, stateDictFromHost(w.tensors, { tied: w.tied, onProgress: opts.onProgress }), format, opts.onProgress);
+    return w.tensors.size + Object.keys(w.tied).length;
+  });
 }
 
 /** Human summary of a conversion. */

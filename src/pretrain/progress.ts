@@ -138,7 +138,7 @@ export class ProgressDisplay {
 
   private draw(): void {
     if (this.tty) {
-      const width = (this.stream.columns ?? 100) - 1;
+      const width = (this.stream.columns || 100) - 1; // a pseudo-terminal may report 0 columns
       this.stream.write(`\r\x1b[K${this.statusLine(width)}`);
       this.lineOpen = true;
     } else this.stream.write(this.statusLine() + '\n');
