@@ -115,21 +115,29 @@ export function usageText(name: string, usage: string, message: string): string 
   return `uniter ${name}: ${stripPrefix(name, message)}\nusage: uniter ${usage.split('\n')[0].trim()}\n(every option: uniter help ${name.split(' ')[0]})`;
 }
 
+/** Where a command writes, when not the console (commands whose tests inject streams). */
+export interface CommandStreams {
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown };
+}
+
 /**
  * Print what a failed command reports and return its exit status: help -> stdout, 0; a usage
- * error -> 2; anything else -> `uniter NAME: message`, 1.
+ * error (UsageError, or what `isUsage` accepts) -> 2; anything else -> `uniter NAME: message`, 1.
  */
-export function reportFailure(name: string, usage: string, e: unknown, isUsage: (e: unknown) => boolean = () => false): number {
+export function reportFailure(name: string, usage: string, e: unknown, isUsage: (e: unknown) => boolean = () => false, streams?: CommandStreams): number {
+  const out = (s: string) => (streams ? streams.stdout.write(s + '\n') : console.log(s));
+  const err = (s: string) => (streams ? streams.stderr.write(s + '\n') : console.error(s));
   if (e instanceof HelpRequested) {
-    console.log(e.text);
+    out(e.text);
     return 0;
   }
   const message = e instanceof Error ? e.message : String(e);
   if (e instanceof UsageError || isUsage(e)) {
-    console.error(usageText(name, usage, message));
+    err(usageText(name, usage, message));
     return 2;
   }
-  console.error(`uniter ${name}: ${stripPrefix(name, message)}`);
+  err(`uniter ${name}: ${stripPrefix(name, message)}`);
   return 1;
 }
 
@@ -174,10 +182,14 @@ export function progressLineIntervalMs(env: NodeJS.ProcessEnv = process.env): nu
 export class JobProgress {
   private display: ProgressDisplay | null = null;
   private done_ = 0;
+  private readonly lineIntervalMs: number;
   constructor(
     private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number },
     private total = 0,
-  ) {}
+  ) {
+    // Read (and checked) before the job starts, not at its first progress.
+    this.lineIntervalMs = opts.lineIntervalMs ?? progressLineIntervalMs();
+  }
 
   /** Set (or raise) the total; the display starts at the first advance. */
   setTotal(total: number): void {
@@ -187,7 +199,7 @@ export class JobProgress {
   /** Start the clock of the rate and ETA now (else at the first advance); draws nothing yet. */
   start(): void {
     if (this.opts.quiet || this.display || this.total <= 0) return;
-    this.display = new ProgressDisplay({ total: this.total, stream: this.opts.stream ?? process.stderr, unit: this.opts.unit, lineIntervalMs: this.opts.lineIntervalMs ?? progressLineIntervalMs() });
+    this.display = new ProgressDisplay({ total: this.total, stream: this.opts.stream ?? process.stderr, unit: this.opts.unit, lineIntervalMs: this.lineIntervalMs });
   }
 
   advance(by = 1): void {
@@ -224,7 +236,9 @@ export class PhasedProgress {
   private current: JobProgress | null = null;
   /** Bytes per shown unit in the current phase (1 for item counts). */
   private scale = 1;
-  constructor(private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number }) {}
+  constructor(private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number }) {
+    this.opts = { ...opts, lineIntervalMs: opts.lineIntervalMs ?? progressLineIntervalMs() }; // checked before the job starts
+  }
 
   /** A PhaseProgress: `unit` overrides the default unit given at construction. */
   update(phase: string, done: number, total: number, unit = this.opts.unit): void {
