@@ -48,8 +48,10 @@ const USAGE = `convert IN.pt OUT_DIR [--config model.json | --num-heads N] [--an
   --to-torch-safetensors   model folder -> safetensors with every official name
   --legacy-format          with --to-torch: the pre-1.6 torch.save stream format
   --overwrite              replace an existing output (a folder is replaced atomically; without it, existing output is refused)
-  --json                   print one JSON line describing what was written
-  --quiet                  no messages (errors still go to stderr)`;
+  --json                   print one JSON line describing what was written (progress still goes to stderr)
+  --quiet                  no progress and no messages (errors still go to stderr)
+  Progress on stderr, phase by phase (reading, decoding, writing, loading back) in MiB with rate and ETA:
+  a live line on a terminal, otherwise a line every 10 s (every UNITER_PROGRESS_INTERVAL seconds when set).`;
 
 function usageProblem(paths: number, toSafetensors: boolean, toTorch: boolean, legacy: boolean, hasConfig: boolean, hasPrototxt: boolean): string | null {
   if (paths !== 2) return `expected 2 paths, got ${paths}`;

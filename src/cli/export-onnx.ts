@@ -21,8 +21,10 @@ const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head pa
   --verify          run OUT.onnx in a fresh ONNX Runtime session on generated batches of two sizes and
                     compare with the library's outputs (|diff| <= 1e-5 x max(1, |value|)); exit 1 if not
   --json            print one JSON line (file, task, opset, inputs, outputs, sidecar, verification)
-  --quiet           no messages (errors still go to stderr)
-  Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically.`;
+  --quiet           no progress and no messages (errors still go to stderr)
+  Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically. Progress on stderr
+  (reading the weights, writing each file, the verification batches) with rate and ETA: a live line on a
+  terminal, otherwise a line every 10 s (every UNITER_PROGRESS_INTERVAL seconds when set).`;
 
 const NLVR2_HEADS: Record<string, TaskRequest> = { 'paired-attn': 'nlvr2_paired_attn', paired: 'nlvr2_paired', triplet: 'nlvr2_triplet' };
 const RE_HEADS: Record<string, TaskRequest> = { '1': 're_mlp1', '2': 're_mlp2' };

@@ -5,7 +5,7 @@ import { detectorIdentity, extractRegions, ExtractError, listImages, REPORT_FILE
 import { ProgressDisplay } from '../pretrain/progress.js';
 import { distributedExtractor } from '../queue/extract-shards.js';
 import { checkRedis, parseRedisUrl, QueueUsageError, type RedisTarget } from '../queue/redis.js';
-import { UsageError, intFlag, numberFlag, parseArgs, reportFailure, type ParsedArgs } from './common.js';
+import { UsageError, intFlag, numberFlag, parseArgs, progressLineIntervalMs, reportFailure, type ParsedArgs } from './common.js';
 import type { Command } from './main.js';
 
 /** Where the public detector weights come from and how to turn them into a detector folder. */
@@ -117,6 +117,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
     return code;
   };
   let a: ParsedArgs;
+  let lineIntervalMs: number;
   let rule: { confTh?: number; minBb?: number; maxBb?: number };
   let threads: number | undefined;
   let images: string[];
@@ -124,6 +125,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   let redis: RedisTarget | null = null;
   let batchImages: number | undefined;
   try {
+    lineIntervalMs = progressLineIntervalMs();
     a = parseArgs(argv, { string: ['detector', 'images-dir', 'out', 'conf-th', 'min-bb', 'max-bb', 'npz', 'threads', 'redis', 'queue', 'batch-images'], boolean: ['compress', 'json', 'overwrite', 'quiet'] }, USAGE);
     if (a.string.redis) redis = parseRedisUrl(a.string.redis);
     else if (a.string.queue !== undefined || a.string['batch-images'] !== undefined) throw new UsageError(`--${a.string.queue !== undefined ? 'queue' : 'batch-images'} needs --redis URL`);
@@ -167,7 +169,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   const quiet = a.boolean.quiet === true;
   let display: ProgressDisplay | null = null;
   const onStart = (info: { total: number; already: number }) => {
-    if (!quiet && info.already < info.total) display = new ProgressDisplay({ total: info.total, startStep: info.already, stream: err, unit: 'images', lineIntervalMs: 10_000 });
+    if (!quiet && info.already < info.total) display = new ProgressDisplay({ total: info.total, startStep: info.already, stream: err, unit: 'images', lineIntervalMs });
   };
   const onImage = (e: ExtractEvent) => {
     if (e.status === 'cached') return;

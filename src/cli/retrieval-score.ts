@@ -24,7 +24,7 @@ import {
   type RetrievalShardData,
   type RetrievalShardResult,
 } from '../queue/retrieval-shards.js';
-import { UsageError, intFlag, parseArgs, reportFailure } from './common.js';
+import { UsageError, intFlag, parseArgs, progressLineIntervalMs, reportFailure } from './common.js';
 import type { Command } from './main.js';
 
 export const DEFAULT_QUEUE = 'uniter';
@@ -95,8 +95,10 @@ export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps
   let specs;
   let target = null;
   let threads: number | undefined;
+  let lineIntervalMs: number;
   try {
     try {
+      lineIntervalMs = progressLineIntervalMs();
       a = parseArgs(argv, { string: ['model', 'txt-db', 'img-db', 'out', 'redis', 'queue', 'shard-size', 'shard-images', 'shard-captions', 'batch-size', 'images-per-group', 'max-images', 'threads'], boolean: ['overwrite', 'json', 'quiet'] }, USAGE);
       for (const f of ['model', 'txt-db', 'img-db', 'out']) if (!a.string[f]) throw new UsageError(`--${f} DIR is required`);
       if (a.positional.length) throw new UsageError(`unexpected argument '${a.positional[0]}'`);
@@ -150,7 +152,7 @@ export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps
       },
       onProgress: (p) => {
         if (quiet) return;
-        if (!display && p.done < total) display = new ProgressDisplay({ total, startStep: p.done, stream: err, unit: 'shards', lineIntervalMs: 10_000 });
+        if (!display && p.done < total) display = new ProgressDisplay({ total, startStep: p.done, stream: err, unit: 'shards', lineIntervalMs });
         (display as ProgressDisplay | null)?.update({ step: p.done + p.failed });
       },
       say: (line) => ((display as ProgressDisplay | null) ? (display as unknown as ProgressDisplay).log(line) : say(line)),
