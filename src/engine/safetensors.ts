@@ -28,10 +28,11 @@ export function readSafetensors(file: string, onProgress?: PhaseProgress): Safet
   } catch (e) {
     throw new SafetensorsError(`${file}: cannot read safetensors file (${(e as Error).message})`);
   }
-  return parseSafetensors(buf, file);
+  return parseSafetensors(buf, file, onProgress);
 }
 
-export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): SafetensorsFile {
+/** Parse a safetensors file's bytes; `onProgress` gets the bytes of the tensors decoded so far (phase `decoding tensors`). */
+export function parseSafetensors(buf: Uint8Array, file = '<buffer>', onProgress?: PhaseProgress): SafetensorsFile {
   if (buf.length < 8) throw new SafetensorsError(`${file}: truncated safetensors file (${buf.length} bytes, no header length)`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const hlen = Number(dv.getBigUint64(0, true));
@@ -82,10 +83,14 @@ export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): Safetensor
     prev = name;
   }
   if (end !== dataLen) throw new SafetensorsError(`${file}: ${dataLen - end} trailing bytes after the last tensor (data section ${dataLen} bytes, tensors end at ${end})`);
+  let decoded = 0;
+  onProgress?.('decoding tensors', 0, dataLen, 'bytes');
   for (const [name, info] of Object.entries(header)) {
     if (name === '__metadata__') continue;
     const { dtype, shape, data_offsets } = info as { dtype: string; shape: number[]; data_offsets: [number, number] };
     tensors.set(name, decode(dtype, shape, buf.subarray(dataStart + data_offsets[0], dataStart + data_offsets[1])));
+    decoded += data_offsets[1] - data_offsets[0];
+    onProgress?.('decoding tensors', decoded, dataLen, 'bytes');
   }
   return { tensors, metadata };
 }

@@ -2,6 +2,7 @@
  * Reading a PyTorch checkpoint file of any `torch.save` format into host tensors, with the
  * storage sharing between names made explicit (tied weights are one storage under two names).
  */
+import * as path from 'node:path';
 import { HostTensor } from '../engine/host.js';
 import { unwrapStateDict } from './official-names.js';
 import { PyValue, describePy } from './torch-pickle.js';
@@ -51,6 +52,7 @@ export function loadTorchFile(file: string, onProgress?: PhaseProgress): TorchFi
     throw new TorchCheckpointError(`${file}: cannot read checkpoint (${(e as Error).message})`);
   }
   if (buf.length === 0) throw new TorchCheckpointError(`${file}: empty file`);
+  onProgress?.(`unpickling ${path.basename(file)}`, 0, buf.length, 'bytes'); // announced: no counts inside the archive reader
   return parseTorchFile(buf, file);
 }
 

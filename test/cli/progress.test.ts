@@ -51,6 +51,7 @@ test('convert: reading, decoding, writing and loading back each show counts, rat
   assert.equal(r.stdout.trim().split('\n').length, 1);
   assert.equal((JSON.parse(r.stdout) as { kind: string }).kind, 'model');
   phaseLines(r.stderr, 'reading golden.pt', 1);
+  assert.match(r.stderr, /^unpickling golden\.pt\.\.\.\ndecoding tensors\.\.\.$/m, 'the archive step is announced');
   phaseLines(r.stderr, 'decoding tensors', 5); // a line per tensor
   phaseLines(r.stderr, 'writing model.safetensors', 5);
   phaseLines(r.stderr, 'loading back model.safetensors', 1);
@@ -61,6 +62,7 @@ test('convert: reading, decoding, writing and loading back each show counts, rat
   assert.equal(t.code, 0, t.stderr);
   assert.equal(t.stdout.trim().split('\n').length, 1);
   phaseLines(t.stderr, 'reading model.safetensors', 1);
+  phaseLines(t.stderr, 'decoding tensors', 5);
   phaseLines(t.stderr, 'encoding tensors', 5);
   phaseLines(t.stderr, 'packing the zip archive', 5); // a line per zip entry: the CRC-32 pass
   phaseLines(t.stderr, 'writing back.pt', 1);
@@ -79,6 +81,7 @@ test('export-onnx: reading the weights, writing the file and the verification ba
   assert.equal(r.stdout.trim().split('\n').length, 1);
   assert.equal((JSON.parse(r.stdout) as { verification: { ok: boolean } }).verification.ok, true);
   phaseLines(r.stderr, 'reading model.safetensors', 1);
+  phaseLines(r.stderr, 'decoding tensors', 5);
   phaseLines(r.stderr, 'writing itm.onnx', 5); // a line per weight tensor
   assert.deepEqual(
     phaseLines(r.stderr, 'verifying in a fresh ONNX Runtime session', 2).map((l) => l.split(' |')[0]),
@@ -111,7 +114,10 @@ test('big files are read and written in chunks of IO_CHUNK bytes, each reported 
   };
   check('writing big.safetensors', 3);
   const back = readSafetensors(file, (...c) => void calls.push(c));
+  const decoding = calls.filter((c) => c[0] === 'decoding tensors');
+  calls.splice(0, calls.length, ...calls.filter((c) => c[0] !== 'decoding tensors'));
   check('reading big.safetensors', 3);
+  assert.deepEqual(decoding.map((c) => c[1]), [0, n * 4], 'then the tensor decoded');
   assert.deepEqual(back.tensors.get('w')!.data, data);
 });
 
