@@ -14,6 +14,7 @@ import { allSpecs } from '../model/params.js';
 import { TaskGraph, buildTaskGraph, headOf } from '../model/task-graphs.js';
 import { ScoringTask, Shapes, TaskRequest, headsInWeights, resolveTask } from './scoring-heads.js';
 import { readJsonFile } from '../util/json.js';
+import type { PhaseProgress } from '../util/progress.js';
 
 export const CONFIG_FILE = 'config.json';
 export const WEIGHTS_FILE = 'model.safetensors';
@@ -21,6 +22,8 @@ export const WEIGHTS_FILE = 'model.safetensors';
 export interface LoadPretrainedOptions {
   /** Task to run; default: the most specific head the weights hold. */
   task?: TaskRequest;
+  /** Bytes of the weights read so far (phase `reading model.safetensors`). */
+  onProgress?: PhaseProgress;
 }
 
 export interface PretrainedModel {
@@ -72,7 +75,7 @@ export function loadPretrained(dir: string, opts: LoadPretrainedOptions = {}): P
   const weightsFile = path.join(dir, WEIGHTS_FILE);
   const { config, configFile } = readFolderConfig(dir);
   if (!fs.existsSync(weightsFile)) throw new Error(`model folder '${dir}' has no ${WEIGHTS_FILE} (a model folder holds ${CONFIG_FILE} + ${WEIGHTS_FILE}, as 'uniter convert' and the trainers write it)`);
-  const source = readWeightsAny(dir);
+  const source = readWeightsAny(dir, opts.onProgress);
   const shapes: Shapes = new Map([...source].map(([k, t]) => [k, t.shape]));
   const { task, numAnswers } = resolveTask(opts.task, shapes, config, weightsFile);
   const heads = headsInWeights(shapes, config).map((h) => h.task);

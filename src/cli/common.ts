@@ -11,6 +11,7 @@
  *  - `--json` prints exactly one JSON line on stdout; everything else then goes to stderr.
  */
 import { ProgressDisplay, type ProgressStream } from '../pretrain/progress.js';
+import type { PhaseProgress } from '../util/progress.js';
 
 export interface ParsedArgs {
   positional: string[];
@@ -114,21 +115,29 @@ export function usageText(name: string, usage: string, message: string): string 
   return `uniter ${name}: ${stripPrefix(name, message)}\nusage: uniter ${usage.split('\n')[0].trim()}\n(every option: uniter help ${name.split(' ')[0]})`;
 }
 
+/** Where a command writes, when not the console (commands whose tests inject streams). */
+export interface CommandStreams {
+  stdout: { write(s: string): unknown };
+  stderr: { write(s: string): unknown };
+}
+
 /**
  * Print what a failed command reports and return its exit status: help -> stdout, 0; a usage
- * error -> 2; anything else -> `uniter NAME: message`, 1.
+ * error (UsageError, or what `isUsage` accepts) -> 2; anything else -> `uniter NAME: message`, 1.
  */
-export function reportFailure(name: string, usage: string, e: unknown, isUsage: (e: unknown) => boolean = () => false): number {
+export function reportFailure(name: string, usage: string, e: unknown, isUsage: (e: unknown) => boolean = () => false, streams?: CommandStreams): number {
+  const out = (s: string) => (streams ? streams.stdout.write(s + '\n') : console.log(s));
+  const err = (s: string) => (streams ? streams.stderr.write(s + '\n') : console.error(s));
   if (e instanceof HelpRequested) {
-    console.log(e.text);
+    out(e.text);
     return 0;
   }
   const message = e instanceof Error ? e.message : String(e);
   if (e instanceof UsageError || isUsage(e)) {
-    console.error(usageText(name, usage, message));
+    err(usageText(name, usage, message));
     return 2;
   }
-  console.error(`uniter ${name}: ${stripPrefix(name, message)}`);
+  err(`uniter ${name}: ${stripPrefix(name, message)}`);
   return 1;
 }
 
@@ -153,32 +162,51 @@ export function printJsonLine(value: unknown): void {
   console.log(JSON.stringify(value));
 }
 
+/** Environment variable: seconds between plain progress lines when stderr is not a terminal (default 10). */
+export const PROGRESS_INTERVAL_ENV = 'UNITER_PROGRESS_INTERVAL';
+
+/** The plain-line interval in ms: UNITER_PROGRESS_INTERVAL (seconds) when set, else 10 s. */
+export function progressLineIntervalMs(env: NodeJS.ProcessEnv = process.env): number {
+  const v = env[PROGRESS_INTERVAL_ENV];
+  if (v === undefined || v === '') return 10_000;
+  const s = Number(v);
+  if (v.trim() === '' || !Number.isFinite(s) || s < 0) throw new Error(`${PROGRESS_INTERVAL_ENV} must be a number of seconds >= 0, got '${v}'`);
+  return s * 1000;
+}
+
 /**
  * Progress of a job with a known amount of work, on stderr: a live line with rate and ETA on a
- * terminal, a plain line every 10 s otherwise (the first and last always), nothing with --quiet.
+ * terminal, a plain line every 10 s otherwise (UNITER_PROGRESS_INTERVAL; the first and last
+ * always), nothing with --quiet.
  */
 export class JobProgress {
   private display: ProgressDisplay | null = null;
   private done_ = 0;
+  private readonly lineIntervalMs: number;
   constructor(
-    private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number; label?: string },
+    private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number },
     private total = 0,
-  ) {}
+  ) {
+    // Read (and checked) before the job starts, not at its first progress.
+    this.lineIntervalMs = opts.lineIntervalMs ?? progressLineIntervalMs();
+  }
 
   /** Set (or raise) the total; the display starts at the first advance. */
   setTotal(total: number): void {
     this.total = Math.max(total, this.done_);
   }
 
+  /** Start the clock of the rate and ETA now (else at the first advance); draws nothing yet. */
+  start(): void {
+    if (this.opts.quiet || this.display || this.total <= 0) return;
+    this.display = new ProgressDisplay({ total: this.total, stream: this.opts.stream ?? process.stderr, unit: this.opts.unit, lineIntervalMs: this.lineIntervalMs });
+  }
+
   advance(by = 1): void {
     this.done_ += by;
     if (this.opts.quiet) return;
     if (this.done_ > this.total) this.total = this.done_;
-    if (!this.display && this.total > 0) {
-      const stream = this.opts.stream ?? process.stderr;
-      if (this.opts.label) stream.write(`${this.opts.label}\n`);
-      this.display = new ProgressDisplay({ total: this.total, stream, unit: this.opts.unit, lineIntervalMs: this.opts.lineIntervalMs ?? 10_000 });
-    }
+    this.start();
     this.display?.update({ step: Math.min(this.done_, this.total) });
   }
 
@@ -198,21 +226,41 @@ export class JobProgress {
   }
 }
 
-/** Progress of a job in named phases (each with its own count and total), one display per phase. */
+/**
+ * Progress of a job in named phases (a library PhaseProgress), one display per phase: its name
+ * on a line when it starts, then its count. Counts in the unit 'bytes' are shown in MiB (KiB
+ * for phases under 1 MiB).
+ */
 export class PhasedProgress {
   private phase: string | null = null;
   private current: JobProgress | null = null;
-  constructor(private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number }) {}
+  /** Bytes per shown unit in the current phase (1 for item counts). */
+  private scale = 1;
+  constructor(private readonly opts: { unit: string; quiet?: boolean; stream?: ProgressStream; lineIntervalMs?: number }) {
+    this.opts = { ...opts, lineIntervalMs: opts.lineIntervalMs ?? progressLineIntervalMs() }; // checked before the job starts
+  }
 
-  update(phase: string, done: number, total: number): void {
+  /** A PhaseProgress: `unit` overrides the default unit given at construction. */
+  update(phase: string, done: number, total: number, unit = this.opts.unit): void {
     if (this.opts.quiet || total <= 0) return;
     if (phase !== this.phase) {
       this.current?.finish();
       this.phase = phase;
-      this.current = new JobProgress({ ...this.opts, label: `${phase}...` }, total);
+      const bytes = unit === 'bytes';
+      this.scale = bytes ? (total >= 2 ** 20 ? 2 ** 20 : 2 ** 10) : 1;
+      (this.opts.stream ?? process.stderr).write(`${phase}...\n`);
+      this.current = new JobProgress({ ...this.opts, unit: bytes ? (this.scale === 2 ** 20 ? 'MiB' : 'KiB') : unit }, 0);
     }
-    this.current!.setTotal(total);
-    if (done > this.current!.count) this.current!.advance(done - this.current!.count);
+    const shownTotal = Math.max(1, Math.round(total / this.scale));
+    const shownDone = Math.min(shownTotal, Math.round(done / this.scale));
+    this.current!.setTotal(shownTotal);
+    this.current!.start();
+    if (shownDone > this.current!.count) this.current!.advance(shownDone - this.current!.count);
+  }
+
+  /** The update method as a standalone callback, for library options. */
+  get callback(): PhaseProgress {
+    return (phase, done, total, unit) => this.update(phase, done, total, unit);
   }
 
   finish(): void {

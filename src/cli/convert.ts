@@ -1,5 +1,4 @@
 /** `uniter convert`: PyTorch checkpoints to model folders and back; region detectors to detector folders. */
-import * as fs from 'node:fs';
 import {
   convertDetectorCaffe,
   convertDetectorTorch,
@@ -14,7 +13,8 @@ import {
 } from '../interop/convert.js';
 import { looksLikeDetector } from '../interop/detector-weights.js';
 import { readTorchCheckpoint } from '../interop/torch-checkpoint.js';
-import { UsageError, guard, intFlag, parseArgs, printJsonLine } from './common.js';
+import { PhasedProgress, UsageError, guard, intFlag, parseArgs, printJsonLine } from './common.js';
+import type { PhaseProgress } from '../util/progress.js';
 import type { Command } from './main.js';
 
 const USAGE = `convert IN.pt OUT_DIR [--config model.json | --num-heads N] [--ans2label ans2label.json] [--overwrite] [--json] [--quiet]
@@ -48,8 +48,10 @@ const USAGE = `convert IN.pt OUT_DIR [--config model.json | --num-heads N] [--an
   --to-torch-safetensors   model folder -> safetensors with every official name
   --legacy-format          with --to-torch: the pre-1.6 torch.save stream format
   --overwrite              replace an existing output (a folder is replaced atomically; without it, existing output is refused)
-  --json                   print one JSON line describing what was written
-  --quiet                  no messages (errors still go to stderr)`;
+  --json                   print one JSON line describing what was written (progress still goes to stderr)
+  --quiet                  no progress and no messages (errors still go to stderr)
+  Progress on stderr, phase by phase (reading, decoding, writing, loading back) in MiB with rate and ETA:
+  a live line on a terminal, otherwise a line every 10 s (every UNITER_PROGRESS_INTERVAL seconds when set).`;
 
 function usageProblem(paths: number, toSafetensors: boolean, toTorch: boolean, legacy: boolean, hasConfig: boolean, hasPrototxt: boolean): string | null {
   if (paths !== 2) return `expected 2 paths, got ${paths}`;
@@ -60,63 +62,79 @@ function usageProblem(paths: number, toSafetensors: boolean, toTorch: boolean, l
   return null;
 }
 
-async function runConvert(argv: string[]): Promise<number> {
-  const parsed = parseArgs(argv, { string: ['config', 'prototxt', 'ans2label', 'num-heads'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format', 'overwrite', 'json', 'quiet'] }, USAGE);
-  const toSafetensors = parsed.boolean['to-torch-safetensors'] === true;
-  const toTorch = parsed.boolean['to-torch'] === true;
-  const legacy = parsed.boolean['legacy-format'] === true;
-  const configFile = parsed.string.config;
-  const prototxt = parsed.string.prototxt;
-  const overwrite = parsed.boolean.overwrite === true;
-  const ans2label = parsed.string.ans2label;
-  const numHeads = parsed.string['num-heads'] !== undefined ? intFlag(parsed.string['num-heads'], '--num-heads', 1) : undefined;
-  const json = parsed.boolean.json === true;
-  const quiet = parsed.boolean.quiet === true;
-  const problem = usageProblem(parsed.positional.length, toSafetensors, toTorch, legacy, configFile !== undefined || ans2label !== undefined || numHeads !== undefined, prototxt !== undefined);
-  if (problem) throw new UsageError(problem);
-  const [input, output] = parsed.positional;
-  // Phase lines on stderr (reading a UNITER-large checkpoint and checking it takes seconds).
-  const t0 = Date.now();
-  const phase = (m: string) => {
-    if (!quiet) process.stderr.write(`${m} (${((Date.now() - t0) / 1000).toFixed(1)} s)\n`);
-  };
-  const report = (text: string, value: Record<string, unknown>) => {
-    if (json) printJsonLine(value);
-    else if (!quiet) console.log(text);
-  };
-  const size = (f: string) => (fs.existsSync(f) && fs.statSync(f).isFile() ? ` (${(fs.statSync(f).size / 2 ** 20).toFixed(1)} MiB)` : '');
-  const exported = (r: ExportReport, what: string) => ({ kind: what, file: r.file, config: r.configFile, tensors: r.tensorCount, tiedExpanded: r.expanded });
-  const detector = (r: DetectorConvertReport) => ({ kind: 'detector', input: r.input, out: r.outDir, config: r.configFile, weights: r.weightsFile, tensors: r.tensorCount, dropped: r.dropped.length });
-  if (toSafetensors || toTorch) {
-    phase(`reading ${input}`);
-    const r = toSafetensors ? exportTorchSafetensors(input, output, { overwrite }) : exportTorchCheckpoint(input, output, legacy ? 'legacy' : 'zip', { overwrite });
-    phase(`wrote ${output}${size(output)}`);
-    const how = toSafetensors ? `${r.tensorCount} tensors${r.expanded.length ? ` (tied weights copied: ${r.expanded.join(', ')})` : ''}` : `${r.tensorCount} tensors, torch.save ${legacy ? 'legacy' : 'zip'} format${r.expanded.length ? ` (tied weights share storage: ${r.expanded.join(', ')})` : ''}`;
-    report(`wrote ${r.file}: ${how}${r.configFile ? `\nwrote ${r.configFile} (the model config; 'uniter convert ${r.file} DIR' reads it back)` : ''}`, exported(r, toSafetensors ? 'safetensors' : 'torch'));
-    return 0;
+interface ConvertRequest {
+  input: string;
+  output: string;
+  toSafetensors: boolean;
+  toTorch: boolean;
+  legacy: boolean;
+  configFile?: string;
+  prototxt?: string;
+  ans2label?: string;
+  numHeads?: number;
+  overwrite: boolean;
+}
+
+/** Run the conversion the flags ask for; returns the report as text and as the --json value. */
+function convert(q: ConvertRequest, onProgress: PhaseProgress): { text: string; value: Record<string, unknown> } {
+  const { input, output, overwrite, configFile, numHeads, ans2label, prototxt } = q;
+  const detector = (r: DetectorConvertReport) => ({ text: formatDetectorReport(r), value: { kind: 'detector', input: r.input, out: r.outDir, config: r.configFile, weights: r.weightsFile, tensors: r.tensorCount, dropped: r.dropped.length } });
+  if (q.toSafetensors || q.toTorch) {
+    const r: ExportReport = q.toSafetensors ? exportTorchSafetensors(input, output, { overwrite, onProgress }) : exportTorchCheckpoint(input, output, q.legacy ? 'legacy' : 'zip', { overwrite, onProgress });
+    const how = q.toSafetensors ? `${r.tensorCount} tensors${r.expanded.length ? ` (tied weights copied: ${r.expanded.join(', ')})` : ''}` : `${r.tensorCount} tensors, torch.save ${q.legacy ? 'legacy' : 'zip'} format${r.expanded.length ? ` (tied weights share storage: ${r.expanded.join(', ')})` : ''}`;
+    return {
+      text: `wrote ${r.file}: ${how}${r.configFile ? `\nwrote ${r.configFile} (the model config; 'uniter convert ${r.file} DIR' reads it back)` : ''}`,
+      value: { kind: q.toSafetensors ? 'safetensors' : 'torch', file: r.file, config: r.configFile, tensors: r.tensorCount, tiedExpanded: r.expanded },
+    };
   }
   if (/\.caffemodel$/i.test(input)) {
     if (prototxt === undefined) throw new UsageError(`${input} is a Caffe model: pass its network with --prototxt FILE (the release's test.prototxt)`);
     if (configFile !== undefined || numHeads !== undefined || ans2label !== undefined) throw new UsageError('--config, --num-heads and --ans2label do not apply to a .caffemodel (the config comes from the prototxt and the blob shapes)');
-    phase(`reading ${input}${size(input)}`);
-    const r = convertDetectorCaffe(input, prototxt, output, { overwrite });
-    report(formatDetectorReport(r), detector(r));
-    return 0;
+    return detector(convertDetectorCaffe(input, prototxt, output, { overwrite, onProgress }));
   }
   if (prototxt !== undefined) throw new UsageError(`--prototxt only applies to a .caffemodel input, got ${input}`);
-  phase(`reading ${input}${size(input)}`);
-  const ckpt = readTorchCheckpoint(input);
+  const ckpt = readTorchCheckpoint(input, onProgress);
   if (looksLikeDetector(ckpt.tensors.keys())) {
     if (ans2label !== undefined || numHeads !== undefined) throw new UsageError('--ans2label and --num-heads only apply to a UNITER checkpoint (this one is a region detector)');
-    phase(`read ${ckpt.tensors.size} tensors; converting the region detector`);
-    const r = convertDetectorTorch(ckpt, output, { configFile, overwrite });
-    report(formatDetectorReport(r), detector(r));
-    return 0;
+    return detector(convertDetectorTorch(ckpt, output, { configFile, overwrite, onProgress }));
   }
-  phase(`read ${ckpt.tensors.size} tensors; converting, writing and loading back the model folder`);
-  const r: ConvertReport = convertTorchCheckpoint(input, output, { configFile, ans2label, checkpoint: ckpt, numHeads, overwrite });
-  phase(`wrote ${output}`);
-  report(formatConvertReport(r), { kind: 'model', input, out: output, config: r.config, configSource: r.configSource, tensors: r.tensors.size, tied: r.tied, casts: r.casts.map((c) => ({ from: c.from, to: c.to, count: c.names.length })), warnings: r.warnings });
+  const r: ConvertReport = convertTorchCheckpoint(input, output, { configFile, ans2label, checkpoint: ckpt, numHeads, overwrite, onProgress });
+  return {
+    text: formatConvertReport(r),
+    value: { kind: 'model', input, out: output, config: r.config, configSource: r.configSource, tensors: r.tensors.size, tied: r.tied, casts: r.casts.map((c) => ({ from: c.from, to: c.to, count: c.names.length })), warnings: r.warnings },
+  };
+}
+
+async function runConvert(argv: string[]): Promise<number> {
+  const parsed = parseArgs(argv, { string: ['config', 'prototxt', 'ans2label', 'num-heads'], boolean: ['to-torch-safetensors', 'to-torch', 'legacy-format', 'overwrite', 'json', 'quiet'] }, USAGE);
+  const q: ConvertRequest = {
+    input: parsed.positional[0],
+    output: parsed.positional[1],
+    toSafetensors: parsed.boolean['to-torch-safetensors'] === true,
+    toTorch: parsed.boolean['to-torch'] === true,
+    legacy: parsed.boolean['legacy-format'] === true,
+    configFile: parsed.string.config,
+    prototxt: parsed.string.prototxt,
+    ans2label: parsed.string.ans2label,
+    numHeads: parsed.string['num-heads'] !== undefined ? intFlag(parsed.string['num-heads'], '--num-heads', 1) : undefined,
+    overwrite: parsed.boolean.overwrite === true,
+  };
+  const json = parsed.boolean.json === true;
+  const quiet = parsed.boolean.quiet === true;
+  const problem = usageProblem(parsed.positional.length, q.toSafetensors, q.toTorch, q.legacy, q.configFile !== undefined || q.ans2label !== undefined || q.numHeads !== undefined, q.prototxt !== undefined);
+  if (problem) throw new UsageError(problem);
+  // Progress on stderr, phase by phase: reading, decoding, writing and loading back take seconds each for UNITER-large.
+  const t0 = Date.now();
+  const progress = new PhasedProgress({ unit: 'bytes', quiet });
+  let result;
+  try {
+    result = convert(q, progress.callback);
+  } finally {
+    progress.finish();
+  }
+  if (!quiet) process.stderr.write(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  if (json) printJsonLine(result.value);
+  else if (!quiet) console.log(result.text);
   return 0;
 }
 

@@ -2,7 +2,7 @@
 import { ExportResult, exportOnnx } from '../export/export.js';
 import { MAX_OPSET, MIN_OPSET } from '../export/onnx-file.js';
 import { TASK_REQUESTS, TaskRequest } from '../api/scoring-heads.js';
-import { UsageError, parseArgs, printJsonLine, reportFailure } from './common.js';
+import { PhasedProgress, UsageError, guard, intFlag, parseArgs, printJsonLine } from './common.js';
 import type { Command } from './main.js';
 
 const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head paired-attn|paired|triplet] [--re-mlp 1|2]
@@ -21,8 +21,10 @@ const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head pa
   --verify          run OUT.onnx in a fresh ONNX Runtime session on generated batches of two sizes and
                     compare with the library's outputs (|diff| <= 1e-5 x max(1, |value|)); exit 1 if not
   --json            print one JSON line (file, task, opset, inputs, outputs, sidecar, verification)
-  --quiet           no messages (errors still go to stderr)
-  Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically.`;
+  --quiet           no progress and no messages (errors still go to stderr)
+  Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically. Progress on stderr
+  (reading the weights, writing each file, the verification batches) with rate and ETA: a live line on a
+  terminal, otherwise a line every 10 s (every UNITER_PROGRESS_INTERVAL seconds when set).`;
 
 const NLVR2_HEADS: Record<string, TaskRequest> = { 'paired-attn': 'nlvr2_paired_attn', paired: 'nlvr2_paired', triplet: 'nlvr2_triplet' };
 const RE_HEADS: Record<string, TaskRequest> = { '1': 're_mlp1', '2': 're_mlp2' };
@@ -63,48 +65,45 @@ function describe(r: ExportResult): string {
   return lines.join('\n');
 }
 
+async function runExport(argv: string[]): Promise<number> {
+  const parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify', 'int8', 'json', 'quiet'] }, USAGE);
+  const checkpoint = parsed.string.checkpoint;
+  if (!checkpoint) throw new UsageError('--checkpoint DIR is required');
+  if (parsed.positional.length !== 1) throw new UsageError(`expected one output path (OUT.onnx), got ${parsed.positional.length}`);
+  const task = taskFromFlags(parsed.string.task, parsed.string['nlvr2-head'], parsed.string['re-mlp']);
+  if (typeof task === 'object') throw new UsageError(task.error);
+  const opset = parsed.string.opset === undefined ? undefined : intFlag(parsed.string.opset, '--opset', MIN_OPSET);
+  if (opset !== undefined && opset > MAX_OPSET) throw new UsageError(`--opset must be ${MIN_OPSET}..${MAX_OPSET}, got ${opset}`);
+  const t0 = Date.now();
+  const quiet = parsed.boolean.quiet === true;
+  if (!quiet) process.stderr.write(`exporting ${checkpoint} -> ${parsed.positional[0]}${parsed.boolean.verify ? ', then verifying it in a fresh ONNX Runtime session' : ''}\n`);
+  // Progress on stderr: reading the weights, writing the file(s), the verification batches.
+  const progress = new PhasedProgress({ unit: 'bytes', quiet });
+  let r: ExportResult;
+  try {
+    r = await exportOnnx({
+      checkpoint,
+      out: parsed.positional[0],
+      task,
+      opset,
+      pooledOutput: parsed.boolean['pooled-output'] === true,
+      externalData: parsed.boolean['external-data'] === true ? true : 'auto',
+      verify: parsed.boolean.verify === true,
+      precision: parsed.boolean.int8 === true ? 'int8' : 'float32',
+      onProgress: progress.callback,
+    });
+  } finally {
+    progress.finish();
+  }
+  if (!quiet) process.stderr.write(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+  if (parsed.boolean.json) printJsonLine({ file: r.file, task: r.task, opset: r.written.opset, weights: r.written.weightCount, dataFile: r.dataFile ?? null, sidecar: r.sidecarFile, inputs: r.inputs, outputs: r.outputs, verification: r.verification ?? null });
+  else if (!quiet) console.log(describe(r));
+  return r.verification && !r.verification.ok ? 1 : 0;
+}
+
 export const command: Command = {
   name: 'export-onnx',
   summary: 'export a model folder as a standalone ONNX scoring graph (itm, vqa, ve, nlvr2, refexp, retrieval, vcr)',
   usage: USAGE,
-  async run(argv: string[]): Promise<number> {
-    let parsed;
-    try {
-      parsed = parseArgs(argv, { string: ['checkpoint', 'task', 'nlvr2-head', 're-mlp', 'opset'], boolean: ['pooled-output', 'external-data', 'verify', 'int8', 'json', 'quiet'] }, USAGE);
-    } catch (e) {
-      return reportFailure('export-onnx', USAGE, e, () => true);
-    }
-    const usage = (msg: string) => reportFailure('export-onnx', USAGE, new UsageError(msg));
-    const checkpoint = parsed.string.checkpoint;
-    if (!checkpoint) return usage('--checkpoint DIR is required');
-    if (parsed.positional.length !== 1) return usage(`expected one output path (OUT.onnx), got ${parsed.positional.length}`);
-    const task = taskFromFlags(parsed.string.task, parsed.string['nlvr2-head'], parsed.string['re-mlp']);
-    if (typeof task === 'object') return usage(task.error);
-    let opset: number | undefined;
-    if (parsed.string.opset !== undefined) {
-      opset = Number(parsed.string.opset);
-      if (!Number.isInteger(opset)) return usage(`--opset must be an integer, got '${parsed.string.opset}'`);
-    }
-    const t0 = Date.now();
-    const quiet = parsed.boolean.quiet === true;
-    if (!quiet) process.stderr.write(`exporting ${checkpoint} -> ${parsed.positional[0]}${parsed.boolean.verify ? ', then verifying it in a fresh ONNX Runtime session' : ''}...\n`);
-    try {
-      const r = await exportOnnx({
-        checkpoint,
-        out: parsed.positional[0],
-        task,
-        opset,
-        pooledOutput: parsed.boolean['pooled-output'] === true,
-        externalData: parsed.boolean['external-data'] === true ? true : 'auto',
-        verify: parsed.boolean.verify === true,
-        precision: parsed.boolean.int8 === true ? 'int8' : 'float32',
-      });
-      if (!quiet) process.stderr.write(`done in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
-      if (parsed.boolean.json) printJsonLine({ file: r.file, task: r.task, opset: r.written.opset, weights: r.written.weightCount, dataFile: r.dataFile ?? null, sidecar: r.sidecarFile, inputs: r.inputs, outputs: r.outputs, verification: r.verification ?? null });
-      else if (!quiet) console.log(describe(r));
-      return r.verification && !r.verification.ok ? 1 : 0;
-    } catch (e) {
-      return reportFailure('export-onnx', USAGE, e);
-    }
-  },
+  run: (argv) => guard('export-onnx', USAGE, () => runExport(argv)),
 };

@@ -5,7 +5,7 @@ import { detectorIdentity, extractRegions, ExtractError, listImages, REPORT_FILE
 import { ProgressDisplay } from '../pretrain/progress.js';
 import { distributedExtractor } from '../queue/extract-shards.js';
 import { checkRedis, parseRedisUrl, QueueUsageError, type RedisTarget } from '../queue/redis.js';
-import { parseArgs } from './common.js';
+import { UsageError, intFlag, numberFlag, parseArgs, progressLineIntervalMs, reportFailure, type ParsedArgs } from './common.js';
 import type { Command } from './main.js';
 
 /** Where the public detector weights come from and how to turn them into a detector folder. */
@@ -70,14 +70,8 @@ export interface ExtractDeps {
   pollMs?: number;
 }
 
-class UsageError extends Error {}
-
-function num(v: string | undefined, flag: string, integer: boolean): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || (integer && !Number.isInteger(n))) throw new UsageError(`${flag} expects ${integer ? 'an integer' : 'a number'}, got '${v}'`);
-  return n;
-}
+/** Errors of the arguments (exit 2, with the synopsis): bad stores, Redis targets and extraction requests too. */
+const isUsage = (e: unknown): boolean => e instanceof ExtractError || e instanceof QueueUsageError;
 
 async function defaultLoadDetector(dir: string, threads: number | undefined): Promise<RegionDetector> {
   // Resolved at run time: the detector network lives in its own module (loaded only by this command).
@@ -115,7 +109,15 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   const err = deps.stderr ?? process.stderr;
   const out = deps.stdout ?? process.stdout;
   const say = (s: string) => err.write(s + '\n');
-  let a;
+  const fail = (e: unknown) => reportFailure('extract', USAGE, e, isUsage, { stdout: out, stderr: err });
+  /** A usage error about the detector folder, then where the public weights are. */
+  const detectorProblem = (message: string) => {
+    const code = fail(new UsageError(message));
+    say(`\n${WEIGHTS_HELP}`);
+    return code;
+  };
+  let a: ParsedArgs;
+  let lineIntervalMs: number;
   let rule: { confTh?: number; minBb?: number; maxBb?: number };
   let threads: number | undefined;
   let images: string[];
@@ -123,14 +125,14 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   let redis: RedisTarget | null = null;
   let batchImages: number | undefined;
   try {
+    lineIntervalMs = progressLineIntervalMs();
     a = parseArgs(argv, { string: ['detector', 'images-dir', 'out', 'conf-th', 'min-bb', 'max-bb', 'npz', 'threads', 'redis', 'queue', 'batch-images'], boolean: ['compress', 'json', 'overwrite', 'quiet'] }, USAGE);
     if (a.string.redis) redis = parseRedisUrl(a.string.redis);
     else if (a.string.queue !== undefined || a.string['batch-images'] !== undefined) throw new UsageError(`--${a.string.queue !== undefined ? 'queue' : 'batch-images'} needs --redis URL`);
-    batchImages = num(a.string['batch-images'], '--batch-images', true);
-    if (batchImages !== undefined && batchImages < 1) throw new UsageError(`--batch-images expects a positive integer, got ${batchImages}`);
-    rule = { confTh: num(a.string['conf-th'], '--conf-th', false), minBb: num(a.string['min-bb'], '--min-bb', true), maxBb: num(a.string['max-bb'], '--max-bb', true) };
-    threads = num(a.string.threads, '--threads', true);
-    if (threads !== undefined && threads < 1) throw new UsageError(`--threads expects a positive integer, got ${threads}`);
+    const int = (flag: string, min: number) => (a.string[flag] === undefined ? undefined : intFlag(a.string[flag]!, `--${flag}`, min));
+    batchImages = int('batch-images', 1);
+    rule = { confTh: a.string['conf-th'] === undefined ? undefined : numberFlag(a.string['conf-th'], '--conf-th'), minBb: int('min-bb', 0), maxBb: int('max-bb', 1) };
+    threads = int('threads', 1);
     if (!a.string.out) throw new UsageError('--out STORE is required');
     const dir = a.string['images-dir'];
     if (dir !== undefined && a.positional.length) throw new UsageError('give image files or --images-dir, not both');
@@ -139,30 +141,19 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
       if (!images.length) throw new UsageError(`--images-dir ${dir}: no image files (${ignored.length} other files)`);
     } else images = a.positional;
     if (!images.length) throw new UsageError('no images: give image files or --images-dir DIR');
-    if (!a.string.detector) {
-      say(`uniter extract: --detector DIR is required\n\n${WEIGHTS_HELP}`);
-      return 2;
-    }
+    if (!a.string.detector) return detectorProblem('--detector DIR is required');
   } catch (e) {
-    if (e instanceof UsageError || e instanceof ExtractError || e instanceof QueueUsageError || /^(unknown option|option --)/.test((e as Error).message)) {
-      say(`uniter extract: ${(e as Error).message.replace(/ \(usage: [\s\S]*$/, '')}\nusage: uniter ${USAGE.split('\n')[0]} (see uniter extract --help)`);
-      return 2;
-    }
-    throw e;
+    return fail(e);
   }
   const detDir = a.string.detector;
   const problem = detectorFolderProblem(detDir);
-  if (problem) {
-    say(`uniter extract: ${problem}\n\n${WEIGHTS_HELP}`);
-    return 2;
-  }
+  if (problem) return detectorProblem(problem);
   let detector: RegionDetector | undefined;
   if (redis) {
     try {
       await checkRedis(redis);
     } catch (e) {
-      say(`uniter extract: ${(e as Error).message}`);
-      return 2;
+      return fail(e);
     }
     // Workers open the files by the paths in the jobs.
     images = images.map((f) => path.resolve(f));
@@ -178,7 +169,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
   const quiet = a.boolean.quiet === true;
   let display: ProgressDisplay | null = null;
   const onStart = (info: { total: number; already: number }) => {
-    if (!quiet && info.already < info.total) display = new ProgressDisplay({ total: info.total, startStep: info.already, stream: err, unit: 'images', lineIntervalMs: 10_000 });
+    if (!quiet && info.already < info.total) display = new ProgressDisplay({ total: info.total, startStep: info.already, stream: err, unit: 'images', lineIntervalMs });
   };
   const onImage = (e: ExtractEvent) => {
     if (e.status === 'cached') return;
@@ -218,11 +209,7 @@ export async function runExtract(argv: string[], deps: ExtractDeps = {}): Promis
       onStart,
     });
   } catch (e) {
-    if (e instanceof ExtractError) {
-      say(`uniter extract: ${e.message}`);
-      return 2;
-    }
-    throw e;
+    return fail(e);
   } finally {
     if (!deps.signal) process.off('SIGINT', onSigint);
     (display as ProgressDisplay | null)?.done();

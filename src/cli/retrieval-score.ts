@@ -24,7 +24,7 @@ import {
   type RetrievalShardData,
   type RetrievalShardResult,
 } from '../queue/retrieval-shards.js';
-import { parseArgs } from './common.js';
+import { UsageError, intFlag, parseArgs, progressLineIntervalMs, reportFailure } from './common.js';
 import type { Command } from './main.js';
 
 export const DEFAULT_QUEUE = 'uniter';
@@ -74,21 +74,18 @@ export interface RetrievalScoreDeps {
   pollMs?: number;
 }
 
+/** Errors of the arguments (exit 2, with the synopsis): unreadable stores or model, another run in --out, Redis targets. */
+const isUsage = (e: unknown): boolean => e instanceof QueueUsageError || e instanceof RunStoreError;
+
+/** An optional integer flag >= 1. */
 function intOpt(v: string | undefined, flag: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isInteger(n) || n < 1) throw new QueueUsageError(`${flag} expects a positive integer, got '${v}'`);
-  return n;
+  return v === undefined ? undefined : intFlag(v, flag, 1);
 }
 
 export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps = {}): Promise<number> {
   const err = deps.stderr ?? process.stderr;
   const out = deps.stdout ?? process.stdout;
   const say = (s: string) => err.write(s + '\n');
-  const usage = (m: string) => {
-    say(`uniter retrieval-score: ${m.replace(/ \(usage: [\s\S]*$/, '')}\nusage: uniter ${USAGE.split('\n')[0]} (see uniter retrieval-score --help)`);
-    return 2;
-  };
   const ctx = new RetrievalContext();
   let a;
   let inputs: RetrievalInputs;
@@ -98,13 +95,15 @@ export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps
   let specs;
   let target = null;
   let threads: number | undefined;
+  let lineIntervalMs: number;
   try {
     try {
+      lineIntervalMs = progressLineIntervalMs();
       a = parseArgs(argv, { string: ['model', 'txt-db', 'img-db', 'out', 'redis', 'queue', 'shard-size', 'shard-images', 'shard-captions', 'batch-size', 'images-per-group', 'max-images', 'threads'], boolean: ['overwrite', 'json', 'quiet'] }, USAGE);
-      for (const f of ['model', 'txt-db', 'img-db', 'out']) if (!a.string[f]) throw new QueueUsageError(`--${f} DIR is required`);
-      if (a.positional.length) throw new QueueUsageError(`unexpected argument '${a.positional[0]}'`);
-      if (a.string.queue !== undefined && !a.string.redis) throw new QueueUsageError('--queue needs --redis URL');
-      if (a.string.queue !== undefined && !/^[A-Za-z0-9_-]+$/.test(a.string.queue)) throw new QueueUsageError(`--queue ${a.string.queue}: use letters, digits, '-' and '_' only`);
+      for (const f of ['model', 'txt-db', 'img-db', 'out']) if (!a.string[f]) throw new UsageError(`--${f} DIR is required`);
+      if (a.positional.length) throw new UsageError(`unexpected argument '${a.positional[0]}'`);
+      if (a.string.queue !== undefined && !a.string.redis) throw new UsageError('--queue needs --redis URL');
+      if (a.string.queue !== undefined && !/^[A-Za-z0-9_-]+$/.test(a.string.queue)) throw new UsageError(`--queue ${a.string.queue}: use letters, digits, '-' and '_' only`);
       threads = intOpt(a.string.threads, '--threads');
       if (a.string.redis) target = parseRedisUrl(a.string.redis);
       inputs = { model: path.resolve(a.string.model!), txtDb: path.resolve(a.string['txt-db']!), imgDb: path.resolve(a.string['img-db']!), maxImages: intOpt(a.string['max-images'], '--max-images') };
@@ -132,8 +131,7 @@ export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps
       store = new ShardStore(path.resolve(a.string.out!), run, { overwrite: a.boolean.overwrite === true });
       if (target) await checkRedis(target);
     } catch (e) {
-      if (e instanceof QueueUsageError || e instanceof RunStoreError || /^(unknown option|option --|--)/.test((e as Error).message)) return usage((e as Error).message);
-      throw e;
+      return reportFailure('retrieval-score', USAGE, e, isUsage, { stdout: out, stderr: err });
     }
     if (threads !== undefined) setDefaultThreads(threads);
     const quiet = a.boolean.quiet === true;
@@ -154,7 +152,7 @@ export async function runRetrievalScore(argv: string[], deps: RetrievalScoreDeps
       },
       onProgress: (p) => {
         if (quiet) return;
-        if (!display && p.done < total) display = new ProgressDisplay({ total, startStep: p.done, stream: err, unit: 'shards', lineIntervalMs: 10_000 });
+        if (!display && p.done < total) display = new ProgressDisplay({ total, startStep: p.done, stream: err, unit: 'shards', lineIntervalMs });
         (display as ProgressDisplay | null)?.update({ step: p.done + p.failed });
       },
       say: (line) => ((display as ProgressDisplay | null) ? (display as unknown as ProgressDisplay).log(line) : say(line)),

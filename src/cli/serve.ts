@@ -10,7 +10,7 @@ import { generateWorld } from '../data/world.js';
 import { embeddedRecipe } from '../pretrain/run.js';
 import { Gallery, storeGallery, worldGallery } from '../serve/gallery.js';
 import { startServer } from '../serve/server.js';
-import { parseArgs, reportFailure } from './common.js';
+import { intFlag, parseArgs, reportFailure } from './common.js';
 import type { Command } from './main.js';
 
 /** Where `uniter pretrain` (no config, no --out) leaves its final model folder. */
@@ -33,11 +33,9 @@ const USAGE = `serve [--model DIR] [--detector DIR] [--port 8080] [--host 127.0.
 
 const NOTE = 'Serving the tiny model the main job pre-trained on the synthetic world; its pictures are painted from each scene\'s shapes, colours and boxes. For real photos: convert an official checkpoint (uniter convert uniter-base.pt my-model/ --num-heads 12 [--ans2label ans2label.json]) and serve it with a detector folder: uniter serve --model my-model --detector my-detector.';
 
-function positiveInt(v: string | undefined, flag: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < 0) throw new Error(`--${flag} must be a non-negative integer, got '${v}'`);
-  return n;
+/** An optional integer flag >= 0 (port 0: any free port). */
+function countFlag(v: string | undefined, flag: string): number | undefined {
+  return v === undefined ? undefined : intFlag(v, `--${flag}`, 0);
 }
 
 export const command: Command = {
@@ -70,10 +68,10 @@ export const command: Command = {
         modelDir,
         detectorDir: a.string.detector,
         host: a.string.host ?? '127.0.0.1',
-        port: positiveInt(a.string.port, 'port') ?? 8080,
-        workers: positiveInt(a.string.workers, 'workers'),
-        threads: positiveInt(a.string.threads, 'threads'),
-        queueLimit: positiveInt(a.string.queue, 'queue'),
+        port: countFlag(a.string.port, 'port') ?? 8080,
+        workers: countFlag(a.string.workers, 'workers'),
+        threads: countFlag(a.string.threads, 'threads'),
+        queueLimit: countFlag(a.string.queue, 'queue'),
         gallery,
         note: embedded ? NOTE : undefined,
       };

@@ -8,7 +8,7 @@ import { RETRIEVAL_JOB, RetrievalContext, type RetrievalShardData } from '../que
 import { EXTRACT_JOB, ExtractContext, type ExtractBatchData } from '../queue/extract-shards.js';
 import { startWorker, WORKER_NAME } from '../queue/worker.js';
 import { DEFAULT_QUEUE } from './retrieval-score.js';
-import { parseArgs } from './common.js';
+import { UsageError, intFlag, parseArgs, reportFailure } from './common.js';
 import type { Command } from './main.js';
 
 const USAGE = `worker --redis URL [--queue NAME] [--concurrency N] [--threads N] [--lock-ms MS] [--quiet]
@@ -26,11 +26,9 @@ const USAGE = `worker --redis URL [--queue NAME] [--concurrency N] [--threads N]
                      this long, and another worker takes it
   --quiet            no per-job lines`;
 
-function intOpt(v: string | undefined, flag: string): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isInteger(n) || n < 1) throw new QueueUsageError(`${flag} expects a positive integer, got '${v}'`);
-  return n;
+/** An optional integer flag >= min. */
+function intOpt(v: string | undefined, flag: string, min = 1): number | undefined {
+  return v === undefined ? undefined : intFlag(v, flag, min);
 }
 
 export async function runWorker(argv: string[]): Promise<number> {
@@ -42,21 +40,17 @@ export async function runWorker(argv: string[]): Promise<number> {
   let lockMs: number | undefined;
   try {
     a = parseArgs(argv, { string: ['redis', 'queue', 'concurrency', 'threads', 'lock-ms'], boolean: ['quiet'] }, USAGE);
-    if (!a.string.redis) throw new QueueUsageError('--redis URL is required');
-    if (a.positional.length) throw new QueueUsageError(`unexpected argument '${a.positional[0]}'`);
-    if (a.string.queue !== undefined && !/^[A-Za-z0-9_-]+$/.test(a.string.queue)) throw new QueueUsageError(`--queue ${a.string.queue}: use letters, digits, '-' and '_' only`);
+    if (!a.string.redis) throw new UsageError('--redis URL is required');
+    if (a.positional.length) throw new UsageError(`unexpected argument '${a.positional[0]}'`);
+    if (a.string.queue !== undefined && !/^[A-Za-z0-9_-]+$/.test(a.string.queue)) throw new UsageError(`--queue ${a.string.queue}: use letters, digits, '-' and '_' only`);
     target = parseRedisUrl(a.string.redis);
     concurrency = intOpt(a.string.concurrency, '--concurrency');
     threads = intOpt(a.string.threads, '--threads');
-    lockMs = intOpt(a.string['lock-ms'], '--lock-ms');
-    if (lockMs !== undefined && lockMs < 500) throw new QueueUsageError(`--lock-ms must be at least 500, got ${lockMs}`);
+    lockMs = intOpt(a.string['lock-ms'], '--lock-ms', 500);
     await checkRedis(target);
   } catch (e) {
-    if (e instanceof QueueUsageError || /^(unknown option|option --)/.test((e as Error).message)) {
-      say(`uniter worker: ${(e as Error).message.replace(/ \(usage: [\s\S]*$/, '')}\nusage: uniter ${USAGE.split('\n')[0]}`);
-      return 2;
-    }
-    throw e;
+    // Redis targets that are malformed or unreachable are argument errors too.
+    return reportFailure('worker', USAGE, e, (x) => x instanceof QueueUsageError);
   }
   if (threads !== undefined) setDefaultThreads(threads);
   const queueName = a.string.queue ?? DEFAULT_QUEUE;

@@ -16,6 +16,7 @@ import { readBUTDNpz, type ButdFeatures } from './npz.js';
 import { ImgDb, writeImgDb, type ImageFeatures, type ImgDbOptions } from './imgdb.js';
 import { TOKENIZER_NAME } from '../model/model-card.js';
 import { TxtDb, writeTxtDb } from './txtdb.js';
+import type { PhaseProgress } from '../util/progress.js';
 
 export const TEXT_FIELDS = ['text', 'caption', 'question', 'statement', 'expression'] as const;
 
@@ -89,11 +90,9 @@ export interface BuildOptions extends Pick<ImgDbOptions, 'confTh' | 'maxBb' | 'm
   imgDim?: number;
   tokenizer?: BertTokenizer;
   /** Progress of the long phases (checking and writing images), for the command's display. */
-  onProgress?: DataProgress;
+  onProgress?: PhaseProgress;
 }
 
-/** `phase` names what is counted; called after each item with the count so far and the phase's total. */
-export type DataProgress = (phase: string, done: number, total: number) => void;
 
 export interface BuildReport {
   name: string;
@@ -389,7 +388,7 @@ function findStores(root: string, depth: number, txt: string[], img: string[]): 
  * images with NaN features or an odd feature width, and (when img_dbs are present) text records
  * whose image is in none of them.
  */
-export function inspectData(p: string, onProgress?: DataProgress): InspectReport {
+export function inspectData(p: string, onProgress?: PhaseProgress): InspectReport {
   if (!fs.existsSync(p)) throw new UserDataError(`${p}: no such file or directory`);
   const txtDirs: string[] = [];
   const imgDirs: string[] = [];

@@ -5,8 +5,9 @@
  * padded to 8 bytes and tensors ordered by item size (largest first) then name, so every
  * tensor is aligned to its own item size.
  */
-import * as fs from 'node:fs';
-import { writeFileAtomic } from '../util/atomic.js';
+import * as path from 'node:path';
+import { withAtomicStream } from '../util/atomic.js';
+import { readFileReporting, type PhaseProgress } from '../util/progress.js';
 import { parseJsonStrict } from '../util/json.js';
 import { DType, HostTensor, halfToFloat, numel } from './host.js';
 
@@ -19,17 +20,19 @@ const ITEM: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I64: 8, 
 
 export class SafetensorsError extends Error {}
 
-export function readSafetensors(file: string): SafetensorsFile {
+/** Read a safetensors file; `onProgress` gets the bytes read (phase `reading <name>`). */
+export function readSafetensors(file: string, onProgress?: PhaseProgress): SafetensorsFile {
   let buf: Buffer;
   try {
-    buf = fs.readFileSync(file);
+    buf = readFileReporting(file, onProgress);
   } catch (e) {
     throw new SafetensorsError(`${file}: cannot read safetensors file (${(e as Error).message})`);
   }
-  return parseSafetensors(buf, file);
+  return parseSafetensors(buf, file, onProgress);
 }
 
-export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): SafetensorsFile {
+/** Parse a safetensors file's bytes; `onProgress` gets the bytes of the tensors decoded so far (phase `decoding tensors`). */
+export function parseSafetensors(buf: Uint8Array, file = '<buffer>', onProgress?: PhaseProgress): SafetensorsFile {
   if (buf.length < 8) throw new SafetensorsError(`${file}: truncated safetensors file (${buf.length} bytes, no header length)`);
   const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   const hlen = Number(dv.getBigUint64(0, true));
@@ -80,10 +83,14 @@ export function parseSafetensors(buf: Uint8Array, file = '<buffer>'): Safetensor
     prev = name;
   }
   if (end !== dataLen) throw new SafetensorsError(`${file}: ${dataLen - end} trailing bytes after the last tensor (data section ${dataLen} bytes, tensors end at ${end})`);
+  let decoded = 0;
+  onProgress?.('decoding tensors', 0, dataLen, 'bytes');
   for (const [name, info] of Object.entries(header)) {
     if (name === '__metadata__') continue;
     const { dtype, shape, data_offsets } = info as { dtype: string; shape: number[]; data_offsets: [number, number] };
     tensors.set(name, decode(dtype, shape, buf.subarray(dataStart + data_offsets[0], dataStart + data_offsets[1])));
+    decoded += data_offsets[1] - data_offsets[0];
+    onProgress?.('decoding tensors', decoded, dataLen, 'bytes');
   }
   return { tensors, metadata };
 }
@@ -121,9 +128,17 @@ function decode(dtype: string, shape: number[], bytes: Uint8Array): HostTensor {
 
 const CODE: Record<DType, string> = { float32: 'F32', float64: 'F64', int32: 'I32', int64: 'I64', bool: 'BOOL' };
 
-export function serializeSafetensors(tensors: Map<string, HostTensor> | Record<string, HostTensor>, metadata?: Record<string, string>): Uint8Array {
+/** A safetensors file as its parts: the 8-byte header length and the header, then each tensor's bytes in file order. */
+export interface SafetensorsLayout {
+  head: Uint8Array;
+  data: Uint8Array[];
+  totalBytes: number;
+}
+
+/** The layout every writer uses: tensors ordered by item size (largest first) then name, header padded to 8 bytes. */
+export function safetensorsLayout(tensors: Map<string, HostTensor> | Record<string, HostTensor>, metadata?: Record<string, string>, where = 'safetensors'): SafetensorsLayout {
   const entries = (tensors instanceof Map ? [...tensors.entries()] : Object.entries(tensors)).map(([name, t]) => {
-    if (t.data.length !== numel(t.shape)) throw new SafetensorsError(`tensor '${name}': ${t.data.length} elements but shape [${t.shape}]`);
+    if (t.data.length !== numel(t.shape)) throw new SafetensorsError(`${where}: tensor '${name}' has ${t.data.length} values, shape [${t.shape}] needs ${numel(t.shape)}`);
     return { name, t, item: ITEM[CODE[t.dtype]] };
   });
   entries.sort((a, b) => b.item - a.item || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
@@ -136,21 +151,41 @@ export function serializeSafetensors(tensors: Map<string, HostTensor> | Record<s
     off += len;
   }
   let hjson = JSON.stringify(header);
-  const pad = (8 - (Buffer.byteLength(hjson) % 8)) % 8;
-  hjson += ' '.repeat(pad);
+  hjson += ' '.repeat((8 - (Buffer.byteLength(hjson) % 8)) % 8);
   const hbytes = Buffer.from(hjson, 'utf8');
-  const out = new Uint8Array(8 + hbytes.length + off);
-  new DataView(out.buffer).setBigUint64(0, BigInt(hbytes.length), true);
-  out.set(hbytes, 8);
-  let pos = 8 + hbytes.length;
-  for (const { t } of entries) {
-    const src = new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
-    out.set(src, pos);
-    pos += src.length;
+  const head = new Uint8Array(8 + hbytes.length);
+  new DataView(head.buffer).setBigUint64(0, BigInt(hbytes.length), true);
+  head.set(hbytes, 8);
+  const data = entries.map(({ t }) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+  return { head, data, totalBytes: head.length + off };
+}
+
+export function serializeSafetensors(tensors: Map<string, HostTensor> | Record<string, HostTensor>, metadata?: Record<string, string>): Uint8Array {
+  const { head, data, totalBytes } = safetensorsLayout(tensors, metadata);
+  const out = new Uint8Array(totalBytes);
+  out.set(head);
+  let pos = head.length;
+  for (const d of data) {
+    out.set(d, pos);
+    pos += d.length;
   }
   return out;
 }
 
-export function writeSafetensors(file: string, tensors: Map<string, HostTensor> | Record<string, HostTensor>, metadata?: Record<string, string>): void {
-  writeFileAtomic(file, serializeSafetensors(tensors, metadata));
+/**
+ * Write a safetensors file atomically, tensor by tensor from the arrays (no whole-file copy in
+ * memory), reporting the bytes written (phase `writing <name>`).
+ */
+export function writeSafetensors(file: string, tensors: Map<string, HostTensor> | Record<string, HostTensor>, metadata?: Record<string, string>, onProgress?: PhaseProgress): void {
+  const { head, data, totalBytes } = safetensorsLayout(tensors, metadata, file);
+  const phase = `writing ${path.basename(file)}`;
+  onProgress?.(phase, 0, totalBytes, 'bytes');
+  withAtomicStream(
+    file,
+    (s) => {
+      s.write(head);
+      for (const d of data) s.write(d);
+    },
+    onProgress && ((written) => onProgress(phase, written, totalBytes, 'bytes')),
+  );
 }

@@ -16,6 +16,7 @@ import { UniterRunner } from '../model/runner.js';
 import { buildTaskGraph } from '../model/task-graphs.js';
 import { PRECISIONS, Precision } from '../model/uniter.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import type { PhaseProgress } from '../util/progress.js';
 import { PretrainedModel, loadPretrained } from '../api/pretrained.js';
 import { SCORE_OUTPUT, ScoringTask, TaskRequest } from '../api/scoring-heads.js';
 import { OutputInfo, WrittenOnnx, writeOnnxModel } from './onnx-file.js';
@@ -81,6 +82,11 @@ export interface ExportOptions {
    * Runtime) with the quantized weights inside the file; default 'float32' (standard ONNX ops only).
    */
   precision?: Precision;
+  /**
+   * Progress: bytes of the weights read (exportOnnx) and of each file written (phases `reading
+   * <name>`, `writing <name>`), the int8 graph being built, the verification batches run.
+   */
+  onProgress?: PhaseProgress;
 }
 
 export interface ExportOnnxOptions extends ExportOptions {
@@ -161,7 +167,7 @@ function outputSpec(name: string, model: PretrainedModel): IoSpec {
 
 /** Load a model folder and export it. */
 export async function exportOnnx(opts: ExportOnnxOptions): Promise<ExportResult> {
-  return exportModel(loadPretrained(opts.checkpoint, { task: opts.task }), opts);
+  return exportModel(loadPretrained(opts.checkpoint, { task: opts.task, onProgress: opts.onProgress }), opts);
 }
 
 /** Export an already loaded model. */
@@ -176,6 +182,7 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
   const precision = opts.precision ?? 'float32';
   if (!PRECISIONS.includes(precision)) throw new Error(`export: precision must be one of ${PRECISIONS.join(', ')}, got '${String(precision)}'`);
   // int8: the same inference graph with the encoder's linears quantized (their weights become constants).
+  if (precision === 'int8') opts.onProgress?.('quantizing the encoder to int8', 0, 1, 'graphs');
   const tg =
     precision === 'int8'
       ? buildTaskGraph(model.config, task, { training: false, grads: false, inference: true, numAnswers: model.numAnswers, precision, outputs: names }, { weights: model.params })
@@ -210,6 +217,7 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
       inlineLimitBytes: opts.inlineLimitBytes,
       outputs: outputs as OutputInfo[],
       producerVersion: packageVersion(),
+      onProgress: opts.onProgress,
       docString: `UNITER ${task} scoring graph exported by uniter-ts. Inputs are the official batch fields; see ${path.basename(sidecarFile)}.`,
       metadata: {
         'uniter.task': task,
@@ -220,7 +228,7 @@ export async function exportModel(model: PretrainedModel, opts: ExportOptions & 
     });
     if (staging) {
       try {
-        verification = await verifyExport(target, model, names, { ...opts, precision });
+        verification = await verifyExport(target, model, names, { ...opts, precision, onBatch: opts.onProgress && ((done, total) => opts.onProgress!('verifying in a fresh ONNX Runtime session', done, total, 'batches')) });
       } catch (e) {
         throw new ExportVerificationError(`export verification of ${file} failed: ${(e as Error).message}; nothing was written`, null);
       }
@@ -276,8 +284,14 @@ export class ExportVerificationError extends Error {
  * Run the exported file in a fresh session (not the library's session cache) on generated
  * batches whose every dynamic axis differs, and compare each output with the library's.
  */
-export async function verifyExport(file: string, model: PretrainedModel, outputs: readonly string[], opts: { tolerance?: number; threads?: number; seed?: number; precision?: Precision } = {}): Promise<VerifyReport> {
+export async function verifyExport(
+  file: string,
+  model: PretrainedModel,
+  outputs: readonly string[],
+  opts: { tolerance?: number; threads?: number; seed?: number; precision?: Precision; /** Batches compared so far (0 before the session is created). */ onBatch?: (done: number, total: number) => void } = {},
+): Promise<VerifyReport> {
   const tolerance = opts.tolerance ?? DEFAULT_TOLERANCE;
+  opts.onBatch?.(0, VERIFY_SHAPES.length);
   const session = await ort.InferenceSession.create(path.resolve(file), { intraOpNumThreads: opts.threads ?? 1, graphOptimizationLevel: 'all' });
   const runner = new UniterRunner(model.config, model.params, opts.threads ?? 1);
   const cases: VerifyCase[] = [];
@@ -313,6 +327,7 @@ export async function verifyExport(file: string, model: PretrainedModel, outputs
         } else maxAbsDiff = Infinity;
         cases.push({ dims, output: name, maxAbsDiff, ok });
       }
+      opts.onBatch?.(i + 1, VERIFY_SHAPES.length);
     }
   } finally {
     await session.release();

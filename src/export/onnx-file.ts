@@ -16,6 +16,8 @@ import { OPSET } from '../engine/onnx.js';
 import { DType, HostTensor, numel } from '../engine/host.js';
 import { onnxType } from '../engine/ops.js';
 import { PbWriter } from '../engine/protobuf.js';
+import { withAtomicStream } from '../util/atomic.js';
+import type { PhaseProgress } from '../util/progress.js';
 
 /** Opsets a model may be stamped with: the graph uses opset-18 forms (ReduceMean with axes as an
  * input, LayerNormalization), and nothing it uses changed meaning up to 21. */
@@ -46,6 +48,8 @@ export interface WriteOnnxOptions {
   docString?: string;
   metadata?: Record<string, string>;
   producerVersion?: string;
+  /** Bytes written of each file (phases `writing <name>`), after every chunk. */
+  onProgress?: PhaseProgress;
 }
 
 export interface WrittenOnnx {
@@ -166,54 +170,6 @@ function tensorBytes(t: HostTensor): Uint8Array {
   return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
 }
 
-// ---------------------------------------------------------------------------------------------
-
-/** A write-only file built under a temporary name and renamed into place when complete. */
-class AtomicStream {
-  private readonly tmp: string;
-  private readonly fd: number;
-  written = 0;
-
-  constructor(readonly file: string) {
-    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
-    this.tmp = path.join(path.dirname(path.resolve(file)), `.${path.basename(file)}.${process.pid}.${Date.now()}.tmp`);
-    this.fd = fs.openSync(this.tmp, 'w');
-  }
-
-  write(b: Uint8Array): void {
-    let off = 0;
-    while (off < b.length) off += fs.writeSync(this.fd, b, off, b.length - off);
-    this.written += b.length;
-  }
-
-  commit(): void {
-    fs.fsyncSync(this.fd);
-    fs.closeSync(this.fd);
-    fs.renameSync(this.tmp, this.file);
-  }
-
-  abort(): void {
-    try {
-      fs.closeSync(this.fd);
-    } catch {
-      // already closed
-    }
-    fs.rmSync(this.tmp, { force: true });
-  }
-}
-
-function withAtomicStream<T>(file: string, body: (s: AtomicStream) => T): T {
-  const s = new AtomicStream(file);
-  try {
-    const r = body(s);
-    s.commit();
-    return r;
-  } catch (e) {
-    s.abort();
-    throw e;
-  }
-}
-
 /**
  * Write `emitted` to `file` with `weights` (by graph input name) baked in as initializers.
  * Every weight must be a graph input of the emitted model; the remaining inputs stay inputs.
@@ -302,6 +258,11 @@ export function writeOnnxModel(file: string, emitted: EmittedModel, weights: Rea
   for (const f of top) if (f.field === 8 && f.payload && (stringField(f.payload, 1, what) ?? '') !== '') tail.bytes(8, f.payload);
   for (const [k, v] of Object.entries(opts.metadata ?? {})) tail.message(14, new PbWriter().string(1, k).string(2, v));
 
+  const reporter = (f: string, total: number) => {
+    const phase = `writing ${path.basename(f)}`;
+    opts.onProgress?.(phase, 0, total, 'bytes');
+    return opts.onProgress && ((written: number) => opts.onProgress!(phase, written, total, 'bytes'));
+  };
   if (external) {
     withAtomicStream(dataFile!, (s) => {
       for (const i of inits) {
@@ -310,11 +271,14 @@ export function writeOnnxModel(file: string, emitted: EmittedModel, weights: Rea
         const padded = Math.ceil(bytes.length / EXTERNAL_ALIGN) * EXTERNAL_ALIGN;
         if (padded > bytes.length) s.write(new Uint8Array(padded - bytes.length));
       }
-    });
+    }, reporter(dataFile!, dataOffset));
   }
+  const headBytes = head.finish();
+  const tailBytes = tail.finish();
+  const graphHead = lenPrefix(7, graphLen);
   const fileBytes = withAtomicStream(file, (s) => {
-    s.write(head.finish());
-    s.write(lenPrefix(7, graphLen));
+    s.write(headBytes);
+    s.write(graphHead);
     for (const p of graphParts) s.write(p);
     for (const i of inits) {
       if (external) {
@@ -330,8 +294,8 @@ export function writeOnnxModel(file: string, emitted: EmittedModel, weights: Rea
       s.write(lenBytes);
       s.write(bytes);
     }
-    s.write(tail.finish());
+    s.write(tailBytes);
     return s.written;
-  });
+  }, reporter(file, headBytes.length + graphHead.length + graphLen + tailBytes.length));
   return { file, dataFile, fileBytes, weightBytes, weightCount: weights.size, opset, irVersion };
 }

@@ -31,6 +31,7 @@ import { HostTensor, f32 } from '../engine/host.js';
 import { BLOCKS_PER_STAGE, DetectorConfig, VG_CONFIG, parseDetectorConfig } from '../detector/config.js';
 import { CaffeBlob, CaffeError, CaffeLayer, PrototxtLayer, TextMessage, parseCaffemodel, parsePrototxt, prototxtLayers } from './caffe.js';
 import { CELL_ANCHORS, checkDetectorTensors } from '../detector/weights.js';
+import type { PhaseProgress } from '../util/progress.js';
 
 /** The reference's BatchNorm eps (torch BatchNorm2d / detectron2 FrozenBN). */
 export const REFERENCE_BN_EPS = 1e-5;
@@ -95,8 +96,9 @@ class Converter {
     caffemodel: Uint8Array,
     prototxt: string,
     readonly where: { caffemodel: string; prototxt: string },
+    onProgress?: PhaseProgress,
   ) {
-    const model = parseCaffemodel(caffemodel, where.caffemodel);
+    const model = parseCaffemodel(caffemodel, where.caffemodel, onProgress);
     for (const l of model.layers) {
       // A training net repeats no layer names, but a caffemodel may: the last copy wins in Caffe.
       this.blobs.set(l.name, l);
@@ -297,8 +299,8 @@ function proposalParams(l: PrototxtLayer, file: string): { featStride: number; s
  * Convert the BUTD Caffe release (weights + test prototxt) into the reference's state dict and
  * a config: VG_CONFIG with every value the network's shapes and parameters determine.
  */
-export function caffeToDetector(caffemodelBytes: Uint8Array, prototxtText: string, where: { caffemodel: string; prototxt: string }): CaffeConversion {
-  const cv = new Converter(caffemodelBytes, prototxtText, where);
+export function caffeToDetector(caffemodelBytes: Uint8Array, prototxtText: string, where: { caffemodel: string; prototxt: string }, onProgress?: PhaseProgress): CaffeConversion {
+  const cv = new Converter(caffemodelBytes, prototxtText, where, onProgress);
   const P = where.prototxt;
 
   // --- ResNet trunk (res2-4) and box head (res5), keyed by the reference's block index.

@@ -6,6 +6,7 @@
  * names the file and what is wrong, never a crash or a hang.
  */
 import { PbField, PbReader, ProtobufError, readPackedVarints } from '../engine/protobuf.js';
+import type { PhaseProgress } from '../util/progress.js';
 
 export class CaffeError extends Error {}
 
@@ -158,8 +159,8 @@ function parseLayer(bytes: Uint8Array, base: number, v1: boolean, index: number,
   return { name, type, blobs };
 }
 
-/** Parse a binary `.caffemodel` (NetParameter). */
-export function parseCaffemodel(bytes: Uint8Array, file: string): CaffeModel {
+/** Parse a binary `.caffemodel` (NetParameter); `onProgress` gets the bytes parsed, layer by layer (phase `parsing layers`). */
+export function parseCaffemodel(bytes: Uint8Array, file: string, onProgress?: PhaseProgress): CaffeModel {
   if (bytes.length === 0) throw new CaffeError(`${file}: empty file (expected a binary Caffe NetParameter)`);
   let name = '';
   const layers: CaffeLayer[] = [];
@@ -174,6 +175,7 @@ export function parseCaffemodel(bytes: Uint8Array, file: string): CaffeModel {
         expectWire(f, [2], 'layers (V1)', file);
         v1Layers.push(parseLayer(f.value as Uint8Array, f.offset, true, v1Layers.length, file));
       }
+      if (f.field === 100 || f.field === 2) onProgress?.('parsing layers', f.offset + (f.value as Uint8Array).length, bytes.length, 'bytes');
     }
   } catch (e) {
     if (e instanceof ProtobufError) throw new CaffeError(`${file}: not a valid Caffe NetParameter: ${e.message}`);

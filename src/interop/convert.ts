@@ -10,7 +10,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { HostTensor } from '../engine/host.js';
-import { SafetensorsError, readSafetensors, writeSafetensors } from '../engine/safetensors.js';
+import { SafetensorsError, parseSafetensors, readSafetensors, writeSafetensors } from '../engine/safetensors.js';
+import { readFileReporting, type PhaseProgress } from '../util/progress.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { OfficialWeights, UniterConfigJson, expandTies, resolveUniterConfig, toOfficialWeights } from './official-names.js';
 import { TorchCheckpoint, TorchFormat, readTorchCheckpoint } from './torch-checkpoint.js';
@@ -21,7 +22,7 @@ import { CaffeError } from './caffe.js';
 import { DetectorWeightsError, checkDetectorTensors } from '../detector/weights.js';
 import { inferDetectorConfig } from './detector-weights.js';
 import { TorchCheckpointError } from './torch-tensor.js';
-import { TorchSaveFormat, serializeTorchCheckpoint, stateDictFromHost } from './torch-writer.js';
+import { TorchSaveFormat, stateDictFromHost, writeTorchCheckpoint } from './torch-writer.js';
 import { readJsonObject } from '../util/json.js';
 import { readAns2Label } from '../finetune/task-registry.js';
 import { parseConfig } from '../model/config.js';
@@ -67,10 +68,11 @@ function checkOutFile(file: string, overwrite: boolean): void {
  * float32 and finite, the model body is complete with the config's shapes, and the heads present
  * have their shapes. Throws naming the first problem.
  */
-export function verifyModelFolder(dir: string): void {
-  const { config } = loadModelFolder(dir); // float tensors only (int8 etc. refused), config.json readable
+export function verifyModelFolder(dir: string, onProgress?: PhaseProgress): void {
+  const bytes = readFileReporting(path.join(dir, WEIGHTS_FILE), onProgress); // read once, checked twice
+  const { config } = loadModelFolder(dir, bytes); // float tensors only (int8 etc. refused), config.json readable
   const cfg = parseConfig(config, path.join(dir, CONFIG_FILE));
-  const weights = readUniterWeights(dir);
+  const weights = readUniterWeights(dir, { bytes });
   const shapes = new Map([...weights.tensors].map(([k, t]) => [k, t.shape]));
   const aliases = new Set(Object.keys(weights.tied));
   const check = (name: string, want: readonly number[], required: boolean) => {
@@ -115,10 +117,10 @@ export interface ConvertReport extends OfficialWeights {
 export function convertTorchCheckpoint(
   input: string,
   outDir: string,
-  opts: { configFile?: string; ans2label?: string; checkpoint?: TorchCheckpoint; numHeads?: number; overwrite?: boolean } = {},
+  opts: { configFile?: string; ans2label?: string; checkpoint?: TorchCheckpoint; numHeads?: number; overwrite?: boolean; onProgress?: PhaseProgress } = {},
 ): ConvertReport {
   checkModelOutDir(outDir, opts.overwrite === true);
-  const ckpt = opts.checkpoint ?? readTorchCheckpoint(input);
+  const ckpt = opts.checkpoint ?? readTorchCheckpoint(input, opts.onProgress);
   const official = toOfficialWeights(ckpt);
   let given: { source: string; json: Record<string, unknown> } | undefined;
   if (opts.configFile) given = { source: opts.configFile, json: readJsonObject(opts.configFile, 'config', (m) => new TorchCheckpointError(m)) };
@@ -154,11 +156,11 @@ export function convertTorchCheckpoint(
   }
   const full = withModelType(id2label ? { ...config, id2label } : { ...config });
   replaceDirAtomic(outDir, (tmp) => {
-    writeSafetensors(path.join(tmp, WEIGHTS_FILE), official.tensors, { format: WEIGHTS_FORMAT, tied: JSON.stringify(official.tied), source: path.basename(input) });
+    writeSafetensors(path.join(tmp, WEIGHTS_FILE), official.tensors, { format: WEIGHTS_FORMAT, tied: JSON.stringify(official.tied), source: path.basename(input) }, opts.onProgress);
     writeFileAtomic(path.join(tmp, CONFIG_FILE), `${JSON.stringify(full, null, 2)}\n`);
     for (const [name, content] of modelFolderExtras(full, { trainedBy: `uniter convert from ${path.basename(input)} (torch ${ckpt.format} format)`, data: 'not recorded in the checkpoint' })) writeFileAtomic(path.join(tmp, name), content);
     try {
-      verifyModelFolder(tmp);
+      verifyModelFolder(tmp, opts.onProgress && ((phase, done, total, unit) => opts.onProgress!(`loading back ${phase.replace(/^reading /, '')}`, done, total, unit)));
     } catch (e) {
       throw new ConvertError(`refusing to write ${outDir}: the converted folder would not load (${(e as Error).message}); nothing was written`);
     }
@@ -177,10 +179,13 @@ export function convertTorchCheckpoint(
   };
 }
 
-/** Weights of a converted model: a model folder (its model.safetensors) or a safetensors file. */
-export function readUniterWeights(inPath: string): { file: string; tensors: Map<string, HostTensor>; tied: Record<string, string> } {
+/**
+ * Weights of a converted model: a model folder (its model.safetensors) or a safetensors file;
+ * `bytes`: the file's contents, already read; `onProgress`: the bytes read (phase `reading <name>`).
+ */
+export function readUniterWeights(inPath: string, opts: { bytes?: Uint8Array; onProgress?: PhaseProgress } = {}): { file: string; tensors: Map<string, HostTensor>; tied: Record<string, string> } {
   const file = fs.existsSync(inPath) && fs.statSync(inPath).isDirectory() ? path.join(inPath, WEIGHTS_FILE) : inPath;
-  const { tensors, metadata } = readSafetensors(file);
+  const { tensors, metadata } = opts.bytes ? parseSafetensors(opts.bytes, file) : readSafetensors(file, opts.onProgress);
   let tied: Record<string, string> = {};
   if (metadata.tied !== undefined) {
     try {
@@ -210,32 +215,37 @@ function folderConfig(inPath: string): Record<string, unknown> | null {
   return fs.existsSync(file) ? readJsonObject(file, 'model config', (m) => new SafetensorsError(m)) : null;
 }
 
-/** Write the exported file and its config beside it, refusing to replace either without overwrite. */
-function writeExport(outFile: string, bytes: Uint8Array | (() => void), config: Record<string, unknown> | null, overwrite: boolean): string | null {
-  checkOutFile(outFile, overwrite);
+/**
+ * Read a model folder and export it through `write` (which returns the tensor count), with its
+ * config beside the file; an existing output or config is refused before any work unless `overwrite`.
+ */
+function exportFolder(inPath: string, outFile: string, opts: { overwrite?: boolean; onProgress?: PhaseProgress }, write: (w: ReturnType<typeof readUniterWeights>) => number): ExportReport {
+  const config = folderConfig(inPath);
+  checkOutFile(outFile, opts.overwrite === true);
   const configFile = config ? sidecarConfigPath(outFile) : null;
-  if (configFile) checkOutFile(configFile, overwrite);
-  if (typeof bytes === 'function') bytes();
-  else writeFileAtomic(outFile, bytes);
+  if (configFile) checkOutFile(configFile, opts.overwrite === true);
+  const w = readUniterWeights(inPath, { onProgress: opts.onProgress });
+  const tensorCount = write(w);
   if (configFile) writeFileAtomic(configFile, `${JSON.stringify(config, null, 2)}\n`);
-  return configFile;
+  return { file: outFile, configFile, tensorCount, expanded: Object.keys(w.tied) };
 }
 
 /** Model folder -> safetensors with every official name present (aliases get their own copy), config beside it. */
-export function exportTorchSafetensors(inPath: string, outFile: string, opts: { overwrite?: boolean } = {}): ExportReport {
-  const w = readUniterWeights(inPath);
-  const all = expandTies(w.tensors, w.tied, w.file);
-  const configFile = writeExport(outFile, () => writeSafetensors(outFile, all, { format: 'pt' }), folderConfig(inPath), opts.overwrite === true);
-  return { file: outFile, configFile, tensorCount: all.size, expanded: Object.keys(w.tied) };
+export function exportTorchSafetensors(inPath: string, outFile: string, opts: { overwrite?: boolean; onProgress?: PhaseProgress } = {}): ExportReport {
+  return exportFolder(inPath, outFile, opts, (w) => {
+    const all = expandTies(w.tensors, w.tied, w.file);
+    writeSafetensors(outFile, all, { format: 'pt' }, opts.onProgress);
+    return all.size;
+  });
 }
 
 /** Model folder -> a torch.save checkpoint (zip by default), config beside it; tied names share one storage as in PyTorch. */
-export function exportTorchCheckpoint(inPath: string, outFile: string, format: TorchSaveFormat = 'zip', opts: { overwrite?: boolean } = {}): ExportReport {
-  const w = readUniterWeights(inPath);
-  expandTies(w.tensors, w.tied, w.file); // validates the ties
-  const root = stateDictFromHost(w.tensors, { tied: w.tied });
-  const configFile = writeExport(outFile, serializeTorchCheckpoint(root, format), folderConfig(inPath), opts.overwrite === true);
-  return { file: outFile, configFile, tensorCount: w.tensors.size + Object.keys(w.tied).length, expanded: Object.keys(w.tied) };
+export function exportTorchCheckpoint(inPath: string, outFile: string, format: TorchSaveFormat = 'zip', opts: { overwrite?: boolean; onProgress?: PhaseProgress } = {}): ExportReport {
+  return exportFolder(inPath, outFile, opts, (w) => {
+    expandTies(w.tensors, w.tied, w.file); // validates the ties
+    writeTorchCheckpoint(outFile, stateDictFromHost(w.tensors, { tied: w.tied, onProgress: opts.onProgress }), format, opts.onProgress);
+    return w.tensors.size + Object.keys(w.tied).length;
+  });
 }
 
 /** Human summary of a conversion. */
@@ -296,28 +306,28 @@ function checkOutDir(outDir: string, overwrite: boolean): void {
   if (!overwrite) throw new DetectorWeightsError(`${outDir} already exists; pass --overwrite to replace it`);
 }
 
-function writeDetectorFolder(outDir: string, config: DetectorConfig, tensors: Map<string, HostTensor>, source: string): { configFile: string; weightsFile: string } {
+function writeDetectorFolder(outDir: string, config: DetectorConfig, tensors: Map<string, HostTensor>, source: string, onProgress?: PhaseProgress): { configFile: string; weightsFile: string } {
   replaceDirAtomic(outDir, (tmp) => {
     writeDetectorConfig(path.join(tmp, CONFIG_FILE), config);
-    writeSafetensors(path.join(tmp, WEIGHTS_FILE), tensors, { format: DETECTOR_WEIGHTS_FORMAT, source });
+    writeSafetensors(path.join(tmp, WEIGHTS_FILE), tensors, { format: DETECTOR_WEIGHTS_FORMAT, source }, onProgress);
   });
   return { configFile: path.join(outDir, CONFIG_FILE), weightsFile: path.join(outDir, WEIGHTS_FILE) };
 }
 
 /** The original BUTD Caffe release (weights + test prototxt) -> a detector folder. */
-export function convertDetectorCaffe(input: string, prototxt: string, outDir: string, opts: { overwrite?: boolean } = {}): DetectorConvertReport {
+export function convertDetectorCaffe(input: string, prototxt: string, outDir: string, opts: { overwrite?: boolean; onProgress?: PhaseProgress } = {}): DetectorConvertReport {
   checkOutDir(outDir, opts.overwrite === true);
-  const read = (file: string): Buffer => {
+  const read = (file: string, onProgress?: PhaseProgress): Buffer => {
     try {
-      return fs.readFileSync(file);
+      return readFileReporting(file, onProgress);
     } catch (e) {
       throw new CaffeError(`${file}: cannot read (${(e as Error).message})`);
     }
   };
-  const bytes = read(input);
+  const bytes = read(input, opts.onProgress);
   const text = read(prototxt).toString('utf8');
-  const { config, tensors, notes } = caffeToDetector(bytes, text, { caffemodel: input, prototxt });
-  const files = writeDetectorFolder(outDir, config, tensors, path.basename(input));
+  const { config, tensors, notes } = caffeToDetector(bytes, text, { caffemodel: input, prototxt }, opts.onProgress);
+  const files = writeDetectorFolder(outDir, config, tensors, path.basename(input), opts.onProgress);
   return { input, source: 'caffe', config, configSource: `derived from ${prototxt} and the blob shapes, other values VG defaults`, inferred: [], defaults: [], notes, dropped: [], tensorCount: tensors.size, outDir, ...files };
 }
 
@@ -330,7 +340,7 @@ function readDetectorConfigFile(file: string): DetectorConfig {
 }
 
 /** A reference-port torch state dict (already read) -> a detector folder. */
-export function convertDetectorTorch(ckpt: TorchCheckpoint, outDir: string, opts: { configFile?: string; overwrite?: boolean } = {}): DetectorConvertReport {
+export function convertDetectorTorch(ckpt: TorchCheckpoint, outDir: string, opts: { configFile?: string; overwrite?: boolean; onProgress?: PhaseProgress } = {}): DetectorConvertReport {
   checkOutDir(outDir, opts.overwrite === true);
   const where = ckpt.wrapper ? `${ckpt.file} [${ckpt.wrapper}]` : ckpt.file;
   const tensors = new Map<string, HostTensor>();
@@ -360,7 +370,7 @@ export function convertDetectorTorch(ckpt: TorchCheckpoint, outDir: string, opts
     dropped.push(n);
   }
   if (unexpected.length) notes.push(`left out ${unexpected.length} tensor(s) the reference detector does not have: ${unexpected.slice(0, 6).join(', ')}${unexpected.length > 6 ? ', ...' : ''}`);
-  const files = writeDetectorFolder(outDir, config, tensors, path.basename(ckpt.file));
+  const files = writeDetectorFolder(outDir, config, tensors, path.basename(ckpt.file), opts.onProgress);
   return {
     input: ckpt.file,
     source: ckpt.format,

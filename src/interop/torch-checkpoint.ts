@@ -2,12 +2,13 @@
  * Reading a PyTorch checkpoint file of any `torch.save` format into host tensors, with the
  * storage sharing between names made explicit (tied weights are one storage under two names).
  */
-import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { HostTensor } from '../engine/host.js';
 import { unwrapStateDict } from './official-names.js';
 import { PyValue, describePy } from './torch-pickle.js';
 import { isTarFile, readTorchLegacy, readTorchTar } from './torch-legacy.js';
-import { TorchCheckpointError, TorchDType, TorchStorage, TorchTensor, materializeTensor } from './torch-tensor.js';
+import { ELEMENT_SIZE, TorchCheckpointError, TorchDType, TorchStorage, TorchTensor, materializeTensor } from './torch-tensor.js';
+import { readFileReporting, type PhaseProgress } from '../util/progress.js';
 import { isZipFile, readTorchZip } from './torch-zip.js';
 
 export type TorchFormat = 'zip' | 'legacy' | 'tar';
@@ -42,25 +43,35 @@ export function parseTorchFile(buf: Uint8Array, file: string): TorchFile {
   return { file, format: 'legacy', root: readTorchLegacy(buf, file).root };
 }
 
-export function loadTorchFile(file: string): TorchFile {
+/** Read and unpickle a checkpoint file; `onProgress` gets the bytes read (phase `reading <name>`). */
+export function loadTorchFile(file: string, onProgress?: PhaseProgress): TorchFile {
   let buf: Buffer;
   try {
-    buf = fs.readFileSync(file);
+    buf = readFileReporting(file, onProgress);
   } catch (e) {
     throw new TorchCheckpointError(`${file}: cannot read checkpoint (${(e as Error).message})`);
   }
   if (buf.length === 0) throw new TorchCheckpointError(`${file}: empty file`);
+  onProgress?.(`unpickling ${path.basename(file)}`, 0, buf.length, 'bytes'); // announced: no counts inside the archive reader
   return parseTorchFile(buf, file);
 }
 
-/** Locate the state dict inside an unpickled checkpoint and copy its tensors out. */
-export function checkpointFromTorchFile(tf: TorchFile): TorchCheckpoint {
+/**
+ * Locate the state dict inside an unpickled checkpoint and copy its tensors out; `onProgress`
+ * gets the bytes of the tensors copied so far (phase `decoding tensors`).
+ */
+export function checkpointFromTorchFile(tf: TorchFile, onProgress?: PhaseProgress): TorchCheckpoint {
   const { dict, wrapper } = unwrapStateDict(tf.root, tf.file);
   const tensors = new Map<string, HostTensor>();
   const sourceDtypes = new Map<string, TorchDType>();
   const views = new Map<string, TorchTensor>();
   const skipped: TorchCheckpoint['skipped'] = [];
   const where = wrapper ? `${tf.file} [${wrapper}]` : tf.file;
+  const tensorBytes = (v: TorchTensor) => v.shape.reduce((a, b) => a * b, 1) * ELEMENT_SIZE[v.dtype];
+  let total = 0;
+  for (const value of dict.entries.values()) if (value instanceof TorchTensor) total += tensorBytes(value);
+  let done = 0;
+  onProgress?.('decoding tensors', 0, total, 'bytes');
   for (const [key, value] of dict.entries) {
     if (typeof key !== 'string') throw new TorchCheckpointError(`${where}: state dict key ${String(key)} is not a string`);
     if (!(value instanceof TorchTensor)) {
@@ -70,13 +81,15 @@ export function checkpointFromTorchFile(tf: TorchFile): TorchCheckpoint {
     tensors.set(key, materializeTensor(value, `${where}: tensor '${key}'`));
     sourceDtypes.set(key, value.dtype);
     views.set(key, value);
+    done += tensorBytes(value);
+    onProgress?.('decoding tensors', done, total, 'bytes');
   }
   const { ties, sharedStorage } = storageSharing(views);
   return { file: tf.file, format: tf.format, wrapper, tensors, sourceDtypes, ties, sharedStorage, skipped };
 }
 
-export function readTorchCheckpoint(file: string): TorchCheckpoint {
-  return checkpointFromTorchFile(loadTorchFile(file));
+export function readTorchCheckpoint(file: string, onProgress?: PhaseProgress): TorchCheckpoint {
+  return checkpointFromTorchFile(loadTorchFile(file, onProgress), onProgress);
 }
 
 /** Which names view one storage, and which of those are the identical view (ties). */

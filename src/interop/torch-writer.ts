@@ -8,8 +8,10 @@
  * `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict())`
  * and its TorchStorage as the persistent id torch uses for the chosen container.
  */
+import * as path from 'node:path';
 import { HostTensor } from '../engine/host.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import type { PhaseProgress } from '../util/progress.js';
 import { LEGACY_MAGIC_NUMBER, LEGACY_PROTOCOL_VERSION } from './torch-legacy.js';
 import { PyDict, PyGlobal, PyKey, PySet, PyTuple, PyValue, allowedGlobal } from './torch-pickle.js';
 import { TorchDType, TorchStorage, TorchTensor, contiguousStrides, encodeTensorBytes, storageClassName } from './torch-tensor.js';
@@ -236,7 +238,7 @@ function storageBytes(s: TorchStorage): Uint8Array {
  * The zip format of torch.save (>= 1.6): stored entries, data aligned to 64 bytes like torch's
  * writer. `byteorder` only writes the record: storage bytes must already be in that order.
  */
-export function serializeTorchZip(root: PyValue, opts: { archiveName?: string; byteorder?: 'little' | 'big' | null } = {}): Uint8Array {
+export function serializeTorchZip(root: PyValue, opts: { archiveName?: string; byteorder?: 'little' | 'big' | null; onProgress?: PhaseProgress } = {}): Uint8Array {
   const archive = opts.archiveName ?? 'archive';
   const pickle = new PickleWriter((s) => {
     if (!(s instanceof TorchStorage)) return null;
@@ -249,7 +251,7 @@ export function serializeTorchZip(root: PyValue, opts: { archiveName?: string; b
   const storages = collectStorages(root).sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
   for (const s of storages) files.push([`${archive}/data/${s.key}`, storageBytes(s)]);
   files.push([`${archive}/version`, new TextEncoder().encode('3\n')]);
-  return storedZip(files, 64);
+  return storedZip(files, 64, opts.onProgress);
 }
 
 /** The legacy stream format (torch.save with _use_new_zipfile_serialization=False), little-endian. */
@@ -384,11 +386,18 @@ export function crc32(data: Uint8Array): number {
   return (c ^ 0xffffffff) >>> 0;
 }
 
-/** A zip of stored entries whose data start at multiples of `align` (padding in a 'FB' extra field, as torch does). */
-export function storedZip(files: Array<[string, Uint8Array]>, align: number): Uint8Array {
+/**
+ * A zip of stored entries whose data start at multiples of `align` (padding in a 'FB' extra field,
+ * as torch does); `onProgress` gets the bytes checksummed so far, entry by entry (phase `packing
+ * the zip archive`: the CRC-32 of every byte is most of the time of a big checkpoint).
+ */
+export function storedZip(files: Array<[string, Uint8Array]>, align: number, onProgress?: PhaseProgress): Uint8Array {
   const parts: Uint8Array[] = [];
   const central: Uint8Array[] = [];
   let offset = 0;
+  const total = files.reduce((n, [, data]) => n + data.length, 0);
+  let packed = 0;
+  onProgress?.('packing the zip archive', 0, total, 'bytes');
   for (const [name, data] of files) {
     const fname = new TextEncoder().encode(name);
     const pad = (align - ((offset + 30 + fname.length + 4) % align)) % align;
@@ -426,6 +435,8 @@ export function storedZip(files: Array<[string, Uint8Array]>, align: number): Ui
     parts.push(new Uint8Array(local.buffer), data);
     central.push(new Uint8Array(cd.buffer));
     offset += local.byteLength + data.length;
+    packed += data.length;
+    onProgress?.('packing the zip archive', packed, total, 'bytes');
   }
   const cdSize = central.reduce((n, c) => n + c.length, 0);
   const end = new DataView(new ArrayBuffer(22));
@@ -462,14 +473,19 @@ export function orderedDict(entries: Iterable<[string, PyValue]>): PyDict {
  * A state dict of host tensors as torch would save it: one storage per tensor, in `dtype` when
  * given (floating tensors only), with each alias of `tied` sharing its primary's storage.
  */
-export function stateDictFromHost(tensors: Map<string, HostTensor>, opts: { tied?: Record<string, string>; floatDtype?: TorchDType } = {}): PyDict {
+export function stateDictFromHost(tensors: Map<string, HostTensor>, opts: { tied?: Record<string, string>; floatDtype?: TorchDType; /** Bytes of the tensors encoded so far (phase `encoding tensors`). */ onProgress?: PhaseProgress } = {}): PyDict {
   const tied = opts.tied ?? {};
   const views = new Map<string, TorchTensor>();
   let key = 0;
+  const total = [...tensors.values()].reduce((n, t) => n + t.data.byteLength, 0);
+  let done = 0;
+  opts.onProgress?.('encoding tensors', 0, total, 'bytes');
   for (const [name, t] of tensors) {
     const dtype: TorchDType = t.dtype === 'float32' || t.dtype === 'float64' ? (opts.floatDtype ?? t.dtype) : t.dtype;
     const storage = makeStorage(String(key++), dtype, t.data);
     views.set(name, contiguousTensor(storage, t.shape.slice()));
+    done += t.data.byteLength;
+    opts.onProgress?.('encoding tensors', done, total, 'bytes');
   }
   const entries: Array<[string, PyValue]> = [];
   const names = [...tensors.keys()];
@@ -483,13 +499,17 @@ export function stateDictFromHost(tensors: Map<string, HostTensor>, opts: { tied
   return orderedDict(entries);
 }
 
-export function serializeTorchCheckpoint(root: PyValue, format: TorchSaveFormat = 'zip'): Uint8Array {
-  if (format === 'zip') return serializeTorchZip(root);
+/** `onProgress`: the zip format reports packing its entries (the legacy and tar formats are quick to pack). */
+export function serializeTorchCheckpoint(root: PyValue, format: TorchSaveFormat = 'zip', onProgress?: PhaseProgress): Uint8Array {
+  if (format === 'zip') return serializeTorchZip(root, { onProgress });
   if (format === 'legacy') return serializeTorchLegacy(root);
   return serializeTorchTar(root);
 }
 
-/** Write a checkpoint atomically. */
-export function writeTorchCheckpoint(file: string, root: PyValue, format: TorchSaveFormat = 'zip'): void {
-  writeFileAtomic(file, serializeTorchCheckpoint(root, format));
+/** Write a checkpoint atomically; `onProgress` gets the packing, then the bytes written (phase `writing <name>`). */
+export function writeTorchCheckpoint(file: string, root: PyValue, format: TorchSaveFormat = 'zip', onProgress?: PhaseProgress): void {
+  const bytes = serializeTorchCheckpoint(root, format, onProgress);
+  const phase = `writing ${path.basename(file)}`;
+  onProgress?.(phase, 0, bytes.length, 'bytes');
+  writeFileAtomic(file, bytes, onProgress && ((done, total) => onProgress(phase, done, total, 'bytes')));
 }

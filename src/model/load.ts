@@ -14,6 +14,7 @@ import { readTorchCheckpoint } from '../interop/torch-checkpoint.js';
 import { toOfficialWeights } from '../interop/official-names.js';
 import { TIES } from './params.js';
 import { checkFiniteTensors } from '../util/finite.js';
+import type { PhaseProgress } from '../util/progress.js';
 
 export interface LoadReport {
   source: string;
@@ -22,15 +23,16 @@ export interface LoadReport {
   unexpected: string[];
 }
 
-export function readWeightsAny(file: string): Map<string, HostTensor> {
+/** Weights of a model folder, safetensors file or PyTorch checkpoint by official name; `onProgress` gets the bytes read. */
+export function readWeightsAny(file: string, onProgress?: PhaseProgress): Map<string, HostTensor> {
   if (!fs.existsSync(file)) throw new Error(`checkpoint '${file}' does not exist`);
   const isDir = fs.statSync(file).isDirectory();
   if (!isDir && /\.(pt|pth|bin|ckpt)$/.test(file)) {
-    const ck = readTorchCheckpoint(file);
+    const ck = readTorchCheckpoint(file, onProgress);
     // toOfficialWeights refuses non-finite weights, naming the tensor.
     return toOfficialWeights({ file, tensors: ck.tensors, sourceDtypes: ck.sourceDtypes, ties: ck.ties }).tensors;
   }
-  const { tensors } = readUniterWeights(isDir ? file : path.resolve(file));
+  const { tensors } = readUniterWeights(isDir ? file : path.resolve(file), { onProgress });
   const names = officialNames([...tensors.keys()]);
   const out = new Map<string, HostTensor>();
   for (const [k, v] of tensors) out.set(names.get(k) ?? k, v);

@@ -26,7 +26,7 @@ import { createHash, type Hash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { DType, HostTensor, f32, numel } from '../engine/host.js';
-import { parseSafetensors, readSafetensors } from '../engine/safetensors.js';
+import { parseSafetensors, readSafetensors, safetensorsLayout } from '../engine/safetensors.js';
 import { replaceDirAtomic, writeFileAtomic } from '../util/atomic.js';
 import type { RngState } from '../util/rng.js';
 import type { MixerState } from './mixer.js';
@@ -336,10 +336,10 @@ export function saveModelFolder(dir: string, config: Record<string, unknown>, pa
   });
 }
 
-export function loadModelFolder(dir: string): { config: Record<string, unknown>; params: Map<string, Float32Array>; shapes: Map<string, number[]>; ties: Record<string, string> } {
+export function loadModelFolder(dir: string, modelBytes?: Uint8Array): { config: Record<string, unknown>; params: Map<string, Float32Array>; shapes: Map<string, number[]>; ties: Record<string, string> } {
   const configFile = path.join(dir, CONFIG_FILE);
   const config = readJsonObject(configFile, 'model config');
-  return { config, ...readModelSafetensors(path.join(dir, MODEL_FILE)) };
+  return { config, ...readModelSafetensors(path.join(dir, MODEL_FILE), modelBytes) };
 }
 
 /**
@@ -413,35 +413,15 @@ export function readModelSafetensors(file: string, bytes?: Uint8Array): { params
 
 // ---------------------------------------------------------------------------------------------
 
-const ITEM_SIZE: Record<DType, number> = { float64: 8, int64: 8, float32: 4, int32: 4, bool: 1 };
-const DTYPE_CODE: Record<DType, string> = { float64: 'F64', int64: 'I64', float32: 'F32', int32: 'I32', bool: 'BOOL' };
 const WRITE_CHUNK = 8 << 20;
 
 /**
  * Safetensors written tensor by tensor straight from the arrays (no whole-file buffer: a base
- * model's moments are ~0.9 GB), in the layout of engine/safetensors.ts (tensors ordered by item
- * size then name, header padded to 8 bytes), then fsynced. Returns the file size.
+ * model's moments are ~0.9 GB), in the layout of engine/safetensors.ts, hashed as written, then
+ * fsynced (the checkpoint folder is renamed into place as a whole). Returns the file size.
  */
 function writeSafetensorsStreamed(file: string, tensors: Map<string, HostTensor>, metadata: Record<string, string>, onProgress?: (e: CheckpointProgress) => void, hash?: Hash): number {
-  const entries = [...tensors].map(([name, t]) => {
-    if (t.data.length !== numel(t.shape)) throw new Error(`${file}: tensor '${name}' has ${t.data.length} values, shape [${t.shape}] needs ${numel(t.shape)}`);
-    return { name, t, item: ITEM_SIZE[t.dtype] };
-  });
-  entries.sort((a, b) => b.item - a.item || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-  const header: Record<string, unknown> = {};
-  if (Object.keys(metadata).length) header.__metadata__ = metadata;
-  let offset = 0;
-  for (const { name, t, item } of entries) {
-    const len = t.data.length * item;
-    header[name] = { dtype: DTYPE_CODE[t.dtype], shape: t.shape, data_offsets: [offset, offset + len] };
-    offset += len;
-  }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const headerBytes = Buffer.from(json, 'utf8');
-  const prefix = Buffer.alloc(8);
-  prefix.writeBigUInt64LE(BigInt(headerBytes.length));
-  const total = 8 + headerBytes.length + offset;
+  const { head, data, totalBytes: total } = safetensorsLayout(tensors, metadata, file);
   const base = path.basename(file);
   const fd = fs.openSync(file, 'w');
   try {
@@ -455,9 +435,8 @@ function writeSafetensorsStreamed(file: string, tensors: Map<string, HostTensor>
         onProgress?.({ phase: 'write', file: base, bytes: written, totalBytes: total });
       }
     };
-    put(prefix);
-    put(headerBytes);
-    for (const { t } of entries) put(new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+    put(head);
+    for (const d of data) put(d);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);

@@ -23,7 +23,7 @@ export interface ProgressOptions {
   quiet?: boolean;
   /** Force terminal (in-place) or plain-line mode; default: the stream's isTTY. */
   tty?: boolean;
-  /** Plain-line mode: at most one line per this many ms (first and last step always print). Default 30 s. */
+  /** Plain-line mode: at most one line per this many ms (the first update and the last step always print). Default 30 s. */
   lineIntervalMs?: number;
   /** Terminal mode: at most one redraw per this many ms. Default 100 ms. */
   redrawIntervalMs?: number;
@@ -78,7 +78,8 @@ export class ProgressDisplay {
     this.last = u;
     if (this.quiet) return;
     const t = this.now();
-    const isEdge = u.step >= this.options.total || u.step === (this.options.startStep ?? 0) + 1;
+    // The first update and the last step always draw: a job shows it started, and how it ended.
+    const isEdge = u.step >= this.options.total || this.lastDraw === -Infinity;
     if (!isEdge && t - this.lastDraw < (this.tty ? this.redrawIntervalMs : this.lineIntervalMs)) return;
     this.lastDraw = t;
     this.draw();
@@ -137,7 +138,7 @@ export class ProgressDisplay {
 
   private draw(): void {
     if (this.tty) {
-      const width = (this.stream.columns ?? 100) - 1;
+      const width = (this.stream.columns || 100) - 1; // a pseudo-terminal may report 0 columns
       this.stream.write(`\r\x1b[K${this.statusLine(width)}`);
       this.lineOpen = true;
     } else this.stream.write(this.statusLine() + '\n');

@@ -40,6 +40,17 @@ test('usage errors exit 2 with one "uniter CMD:" line and the synopsis once; fai
     [['check-golden'], 2, /^uniter check-golden: missing fixture directory/],
     [['export-onnx', 'x.onnx'], 2, /^uniter export-onnx: --checkpoint DIR is required\n/],
     [['ablate', '--seeds', '0'], 2, /^uniter ablate: --seeds must be an integer >= 1/],
+    [['extract'], 2, /^uniter extract: --out STORE is required\n/],
+    [['extract', '--out', '/tmp/uniter-never-written', 'a.png'], 2, /^uniter extract: --detector DIR is required\n/],
+    [['extract', '--frob'], 2, /^uniter extract: unknown option --frob\n/],
+    [['extract', '--out', '/tmp/uniter-never-written', '--threads', '0', 'a.png'], 2, /^uniter extract: --threads must be an integer >= 1, got '0'\n/],
+    [['retrieval-score'], 2, /^uniter retrieval-score: --model DIR is required\n/],
+    [['retrieval-score', '--frob'], 2, /^uniter retrieval-score: unknown option --frob\n/],
+    [['worker'], 2, /^uniter worker: --redis URL is required\n/],
+    [['worker', '--redis', 'http://x'], 2, /^uniter worker: --redis http:\/\/x: the scheme must be redis:\/\//],
+    [['worker', '--redis', 'redis://127.0.0.1:6379', '--lock-ms', '100'], 2, /^uniter worker: --lock-ms must be an integer >= 500, got '100'\n/],
+    [['serve', '--model', '/nonexistent', '--port', 'x'], 2, /^uniter serve: --port must be an integer >= 0, got 'x'\n/],
+    [['export-onnx', '--checkpoint', 'm', 'x.onnx', '--opset', '99'], 2, /^uniter export-onnx: --opset must be 18\.\.21, got 99\n/],
     [['data', 'inspect', '/nonexistent/x'], 1, /^uniter data inspect: \/nonexistent\/x: no such file/],
     [["convert", "/nonexistent/x.pt", "/tmp/uniter-never-written"], 1, /^uniter convert: \/nonexistent\/x\.pt: cannot read checkpoint/],
     [['evaluate', 'vqa', '--checkpoint', '/nonexistent/m'], 1, /^uniter evaluate: checkpoint '\/nonexistent\/m' does not exist/],
@@ -59,4 +70,18 @@ test('uniter --version and uniter help CMD still work', async () => {
   assert.equal(viaHelp.code, 0);
   assert.equal(viaHelp.stdout, (await uniter('convert', '--help')).stdout);
   assert.match(viaHelp.stdout, /--num-heads N/);
+});
+
+test('every usage error has the one form: "uniter CMD: message", the synopsis of CMD --help, where the full help is; exit 2', async () => {
+  const cases: string[][] = [['convert'], ['export-onnx'], ['extract'], ['retrieval-score'], ['worker'], ['serve', '--model', '/nonexistent', '--port', 'x'], ['evaluate', 'vqa'], ['world'], ['pretrain', '--steps', 'x'], ['ablate', '--seeds', '0'], ['check-golden'], ['finetune']];
+  for (const args of cases) {
+    const name = args[0];
+    const synopsis = (await uniter(name, '--help')).stdout.split('\n')[0].trim();
+    const r = await uniter(...args);
+    assert.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    const lines = r.stderr.split('\n');
+    assert.match(lines[0], new RegExp(`^uniter ${name}: \\S`), args.join(' '));
+    assert.equal(lines[1], synopsis, `${args.join(' ')}: the synopsis line of 'uniter ${name} --help'`);
+    assert.equal(lines[2], `(every option: uniter help ${name})`, args.join(' '));
+  }
 });

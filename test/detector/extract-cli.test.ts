@@ -69,10 +69,10 @@ test('argument errors exit 2 naming the argument', async () => {
     [['--detector', det, '--out', 's'], /no images/],
     [['--detector', det, '--out', 's', '--images-dir', imgs, 'a.png'], /not both/],
     [['--detector', det, '--out', 's', '--images-dir', imgs], /no image files/],
-    [['--detector', det, '--out', 's', '--conf-th', 'abc', 'a.png'], /--conf-th expects a number, got 'abc'/],
-    [['--detector', det, '--out', 's', '--max-bb', '2.5', 'a.png'], /--max-bb expects an integer/],
+    [['--detector', det, '--out', 's', '--conf-th', 'abc', 'a.png'], /--conf-th must be a number, got 'abc'/],
+    [['--detector', det, '--out', 's', '--max-bb', '2.5', 'a.png'], /--max-bb must be an integer >= 1, got '2\.5'/],
     [['--detector', det, '--out', path.join(dir, 's'), '--min-bb', '20', '--max-bb', '10', 'a.png'], /max-bb must be an integer >= min-bb \(20\)/],
-    [['--detector', det, '--out', 's', '--threads', '0', 'a.png'], /--threads expects a positive integer/],
+    [['--detector', det, '--out', 's', '--threads', '0', 'a.png'], /--threads must be an integer >= 1, got '0'/],
     [['--detector', det, '--out', 's', '--frobnicate', 'a.png'], /unknown option --frobnicate\n/],
   ];
   for (const [argv, re] of cases) {

@@ -8,8 +8,13 @@ const BIN = fileURLToPath(new URL('../../../bin/uniter.js', import.meta.url));
 
 /** `node bin/uniter.js ARGS` as a child process: its exit code and both streams (never throws). */
 export async function uniterProcess(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return uniterProcessEnv({}, ...args);
+}
+
+/** uniterProcess with these variables added to the environment. */
+export async function uniterProcessEnv(env: Record<string, string>, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args]);
+    const { stdout, stderr } = await promisify(execFile)(process.execPath, [BIN, ...args], { env: { ...process.env, ...env } });
     return { code: 0, stdout, stderr };
   } catch (e) {
     const err = e as { code: number; stdout: string; stderr: string };

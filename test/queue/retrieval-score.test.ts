@@ -99,7 +99,7 @@ test('bad arguments are refused naming the argument', async () => {
   const cases: Array<[string[], RegExp]> = [
     [['--txt-db', txtDb, '--img-db', imgDb, '--out', path.join(tmp, 'x')], /--model DIR is required/],
     [['--model', model, '--txt-db', path.join(tmp, 'nope'), '--img-db', imgDb, '--out', path.join(tmp, 'x')], /--txt-db .*nope/],
-    [['--model', model, '--txt-db', txtDb, '--img-db', imgDb, '--out', path.join(tmp, 'x'), '--shard-size', '0'], /--shard-size expects a positive integer, got '0'/],
+    [['--model', model, '--txt-db', txtDb, '--img-db', imgDb, '--out', path.join(tmp, 'x'), '--shard-size', '0'], /--shard-size must be an integer >= 1, got '0'/],
     [['--model', model, '--txt-db', txtDb, '--img-db', imgDb, '--out', path.join(tmp, 'x'), '--redis', 'http://x'], /--redis http:\/\/x: the scheme must be redis:\/\//],
     [['--model', path.join(tmp, 'none'), '--txt-db', txtDb, '--img-db', imgDb, '--out', path.join(tmp, 'x')], /--model .*none/],
   ];
