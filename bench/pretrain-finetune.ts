@@ -9,7 +9,10 @@
  * script can be stopped and run again.
  *
  *   node dist/bench/pretrain-finetune.js --pretrained runs/pretrain-default --out runs/pretrain-finetune \
- *     [--tasks vqa,ve,...] [--results bench/results/pretrain-finetune]
+ *     [--tasks vqa,ve,...] [--results bench/results/pretrain-finetune] [--only fresh]
+ *
+ * `--only fresh` runs the fresh lane alone (it needs no pre-trained model, so it can run while
+ * pre-training does); a later run without it reuses those cells.
  */
 import { execFile } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -29,7 +32,7 @@ const METRICS: Record<string, string[]> = {
   nlvr2: ['acc'],
   retrieval: ['img_r1', 'txt_r1', 'r_mean'],
   re: ['acc_det', 'acc_gt'],
-  vcr: ['qa', 'qar', 'q2ar'],
+  vcr: ['acc', 'qa_acc', 'qar_acc'],
 };
 
 interface Cell {
@@ -93,25 +96,23 @@ export function chanceOf(task: string, world: World): Record<string, number> {
       return { acc_det: mean('det'), acc_gt: mean('gt') };
     }
     case 'vcr':
-      return { qa: 0.25, qar: 0.25, q2ar: 1 / 16 };
+      // acc is Q->AR (both right: 1 in 16 by chance).
+      return { acc: 1 / 16, qa_acc: 0.25, qar_acc: 0.25 };
     default:
       throw new Error(`no chance level for task '${task}'`);
   }
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { pretrained: { type: 'string' }, out: { type: 'string' }, tasks: { type: 'string' }, results: { type: 'string' } } });
+  const { values } = parseArgs({ options: { pretrained: { type: 'string' }, out: { type: 'string' }, tasks: { type: 'string' }, results: { type: 'string' }, only: { type: 'string' } } });
+  if (values.only !== undefined && values.only !== 'fresh') throw new Error(`--only: expected 'fresh', got '${values.only}'`);
   if (!values.pretrained || !values.out) throw new Error('usage: pretrain-finetune --pretrained RUN_DIR --out DIR [--tasks a,b] [--results DIR]');
   const pretrained = path.resolve(values.pretrained);
   const outRoot = path.resolve(values.out);
   fs.mkdirSync(outRoot, { recursive: true });
   const tasks = values.tasks ? values.tasks.split(',') : [...taskRegistry().keys()];
   for (const t of tasks) if (!METRICS[t]) throw new Error(`--tasks: unknown task '${t}' (expected ${Object.keys(METRICS).join(', ')})`);
-  const { choice, why } = defaultWorldChoice(resolveWeightsPath(pretrained));
-  const world = generateWorld({ ...choice.world, cacheSize: 0 });
   const say = (m: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${m}\n`);
-  say(`data: ${why}`);
-
   const lane = async (start: Cell['start']): Promise<Cell[]> => {
     const out: Cell[] = [];
     for (const t of tasks) {
@@ -121,6 +122,13 @@ async function main(): Promise<void> {
     }
     return out;
   };
+  if (values.only === 'fresh') {
+    await lane('fresh');
+    return;
+  }
+  const { choice, why } = defaultWorldChoice(resolveWeightsPath(pretrained));
+  const world = generateWorld({ ...choice.world, cacheSize: 0 });
+  say(`data: ${why}`);
   const [pre, fresh] = await Promise.all([lane('pretrained'), lane('fresh')]);
   const pct = (x: number | undefined) => (x === undefined ? 'n/a' : (100 * x).toFixed(1));
   const lines = [
