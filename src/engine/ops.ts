@@ -944,8 +944,8 @@ export function concatQuantized(name: string, parts: readonly QuantizedWeight[])
  * and int8 weights: ONNX Runtime's com.microsoft DynamicQuantizeMatMul, an integer GEMM (VNNI
  * where the CPU has it) whose int32 result is scaled back to float32. Inference only.
  *
- * DynamicQuantizeMatMul takes one activation scale for the whole tensor, so in a batch one row
- * with large values coarsens every other row's resolution. `perRow` divides each row by its
+ * DynamicQuantizeMatMul takes one activation scale for the whole tensor, so every row (token) of
+ * a batch is quantized with the step of the batch's widest range. `perRow` divides each row by its
  * largest magnitude first and multiplies the product's row by it again (exact in real arithmetic):
  * every row is then quantized over its own range, at the cost of a few elementwise passes.
  */

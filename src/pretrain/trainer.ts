@@ -329,16 +329,16 @@ async function runPretrain(opts: PretrainOptions, at: { step: number }): Promise
       time.grads += (performance.now() - t) / 1000;
     }
     const t = performance.now();
+    step++;
+    const loss = lossSum / s.accumulation;
+    if (!Number.isFinite(loss)) throw new Error(`step ${step} (${name}): loss is ${loss}; stopping before the parameters are changed or saved`);
     // The global norm only when clipping needs it; the clipping itself happens inside the update.
     const gradNorm = s.gradNorm > 0 ? globalGradNorm(grads) : null;
-    step++;
     if (gradNorm !== null && !Number.isFinite(gradNorm)) throw new Error(`step ${step} (${name}): gradient norm is ${gradNorm}; stopping before the parameters are changed or saved`);
     const lr = learningRateAt(step, { kind: s.schedule, peakLr: s.learningRate, warmupSteps: s.warmupSteps, totalSteps: s.steps });
     optimizer.step(grads, lr, gradNorm === null ? 1 : clipScale(gradNorm, s.gradNorm));
     time.optimizer = (performance.now() - t) / 1000;
     time.step = (performance.now() - stepStart) / 1000;
-    const loss = lossSum / s.accumulation;
-    if (!Number.isFinite(loss)) throw new Error(`step ${step} (${name}): loss is ${loss}; stopping before the parameters are saved`);
     losses.push({ step, task: name, loss });
     if (step % s.logEvery === 0 || step === 1) logger.log({ type: 'train', step, task: name, loss, lr, ...(gradNorm === null ? {} : { grad_norm: gradNorm }), tokens, time: roundedTime(time) });
     progress.update({ step, task: name, loss, lr, tokens });

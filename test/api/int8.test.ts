@@ -101,6 +101,22 @@ test('int8 graphs quantize exactly the encoder linears; embeddings, pooler and h
   assert.ok(!int8Quantized('uniter.encoder.layer.0.attention.self.query.bias'));
 });
 
+test('int8 fused graphs (Q/K/V biases inside the attention kernel, output biases inside skip-LayerNorm) equal the int8 composite', async () => {
+  const params = randomParams(TINY, 'pretrain');
+  const runner = new UniterRunner(TINY, params, 1);
+  const batch = sampleBatch('itm', TINY, { examples: 4, words: [1, 12], regions: [1, 8] }, 22);
+  const opts = { ...INFER, precision: 'int8' as const };
+  const fused = await runner.run('itm', batch, opts);
+  const composite = await runner.run('itm', batch, { ...opts, fusedAttention: false });
+  for (const [name, ref] of composite) assert.ok(maxAbsDiff(ref, fused.get(name)!) < 1e-4, `${name}: ${maxAbsDiff(ref, fused.get(name)!)}`);
+  const tg = buildTaskGraph(TINY, 'itm', { ...opts }, { weights: params });
+  const attention = tg.graph.nodes.filter((n) => n.op === 'fusedAttention');
+  const lns = tg.graph.nodes.filter((n) => n.op === 'skipLayerNorm');
+  assert.equal(attention.length, TINY.num_hidden_layers);
+  assert.ok(attention.every((n) => n.inputs.length === 5), 'every attention takes the Q/K/V biases');
+  assert.ok(lns.length === 2 * TINY.num_hidden_layers && lns.every((n) => n.inputs.length === 5), 'every skip-LayerNorm takes its Linear\'s bias');
+});
+
 test('float32 inference graphs use the fused attention and skip-LayerNorm kernels, same values as the composite', async () => {
   const tasks: Array<[ScoringTask, HeadName]> = [
     ['itm', 'pretrain'],
