@@ -375,6 +375,9 @@ export function renderBenchmarks(resultsDir: string, docsDir: string): { markdow
   const engineCommand = readJson<{ commands?: Record<string, string> }>(path.join(resultsDir, 'run-all.json'))?.commands?.engine;
   if (e && engineCommand) md.push(`${withoutOut(engineCommand)} --out bench/results/engine.json   # the BERT encoder run above`);
   md.push('node dist/bench/uniter/profile.js --task itm --layers 12 --runs 1   # where the engine step spends its time (ORT profile)');
+  md.push('node dist/bench/optimizer.js --max-norm 5   # clipping + AdamW at UNITER-base size, before/after the folded clipping (bench/results/optimizer/)');
+  md.push('node dist/bench/uniter/ab-builds.js --a OLD/dist --b dist --precision int8   # one build against another, interleaved (int8 per row vs per tensor)');
+  md.push('node dist/bench/uniter/int8-accuracy.js --checkpoint RUN/ckpt/step_3200 --per-layer   # int8 against float32 on held-out pairs, by layer');
   md.push('node dist/bench/report.js                         # rewrite this page from bench/results/*.json');
   md.push('```');
   void docsDir;

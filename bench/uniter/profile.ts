@@ -19,7 +19,7 @@ import { PRESETS, UniterConfig } from '../../src/model/config.js';
 import { TIES, allSpecs, initParams } from '../../src/model/params.js';
 import { UniterRunner } from '../../src/model/runner.js';
 import { DEFAULT_OT } from '../../src/model/task-graphs.js';
-import { AdamW, clipGradNorm } from '../../src/pretrain/optimizer.js';
+import { AdamW, clipScale, globalGradNorm } from '../../src/pretrain/optimizer.js';
 import { runChild } from '../harness.js';
 import { hookSessions, parseSessionOptions } from './ort-session.js';
 import { ADAMW_OPTIONS, GRAD_CLIP, LEARNING_RATE, makeBatch } from './workload.js';
@@ -73,9 +73,10 @@ async function main(): Promise<void> {
     if (op === 'train') {
       const grads = new Map<string, Float32Array>();
       for (const [k, v] of out) if (k.startsWith('grad.')) grads.set(k.slice(5), v.data as Float32Array);
-      clipGradNorm(grads, GRAD_CLIP);
+      // As the trainers: the norm, then the clipping factor applied inside the update.
+      const clip = clipScale(globalGradNorm(grads), GRAD_CLIP);
       t2 = performance.now();
-      optimizer.step(grads, LEARNING_RATE);
+      optimizer.step(grads, LEARNING_RATE, clip);
       t3 = performance.now();
     }
     const used = process.cpuUsage(cpu);

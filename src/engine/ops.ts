@@ -940,24 +940,37 @@ export function concatQuantized(name: string, parts: readonly QuantizedWeight[])
 }
 
 /**
- * x [..., in] @ dequant(W)^T + b with the activations quantized at run time (per tensor, uint8
- * asymmetric) and int8 weights: ONNX Runtime's com.microsoft DynamicQuantizeMatMul, an integer
- * GEMM (VNNI where the CPU has it) whose int32 result is scaled back to float32. Inference only.
+ * x [..., in] @ dequant(W)^T + b with the activations quantized at run time (uint8 asymmetric)
+ * and int8 weights: ONNX Runtime's com.microsoft DynamicQuantizeMatMul, an integer GEMM (VNNI
+ * where the CPU has it) whose int32 result is scaled back to float32. Inference only.
+ *
+ * DynamicQuantizeMatMul takes one activation scale for the whole tensor, so every row (token) of
+ * a batch is quantized with the step of the batch's widest range. `perRow` divides each row by its
+ * largest magnitude first and multiplies the product's row by it again (exact in real arithmetic):
+ * every row is then quantized over its own range, at the cost of a few elementwise passes.
  */
-export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor): Tensor {
+export function quantizedLinear(x: Tensor, w: QuantizedWeight, bias?: Tensor, perRow = false): Tensor {
   if (x.dtype !== 'float32') shapeError('quantizedLinear', `needs a float32 input, got ${x.dtype}`, x.shape);
   if (dimsConflict(x.shape[x.rank - 1], w.inFeatures)) shapeError('quantizedLinear', `input features ${x.shape[x.rank - 1]} vs weight in-features ${w.inFeatures} ('${w.name}')`, x.shape, [w.outFeatures, w.inFeatures]);
   if (bias && (bias.rank !== 1 || dimsConflict(bias.shape[0], w.outFeatures) || bias.dtype !== 'float32')) shapeError('quantizedLinear', `bias must be float32 [${w.outFeatures}]`, bias.shape);
-  return x.graph.add('quantizedLinear', bias ? [x, bias] : [x], { weight: w }, [...x.shape.slice(0, -1), w.outFeatures], 'float32');
+  return x.graph.add('quantizedLinear', bias ? [x, bias] : [x], { weight: w, perRow }, [...x.shape.slice(0, -1), w.outFeatures], 'float32');
 }
 OPS.quantizedLinear = {
   emit: (ctx, t) => {
     const w = t.attrs.weight as QuantizedWeight;
     const b = ctx.initializer(`${w.name}.int8`, ONNX_INT8, [w.inFeatures, w.outFeatures], new Uint8Array(w.data.buffer, w.data.byteOffset, w.data.byteLength));
     const s = ctx.initializer(`${w.name}.scale`, onnxType('float32'), [w.outFeatures], new Uint8Array(w.scale.buffer, w.scale.byteOffset, w.scale.byteLength));
-    const inputs = [ctx.input(t, 0), b, s];
-    if (t.inputs.length > 1) inputs.push('', ctx.input(t, 1)); // no zero point (symmetric), then the bias
-    return ctx.node('DynamicQuantizeMatMul', inputs, {}, 'com.microsoft');
+    const bias = t.inputs.length > 1 ? ctx.input(t, 1) : null;
+    let x = ctx.input(t, 0);
+    if (!t.attrs.perRow) return ctx.node('DynamicQuantizeMatMul', bias ? [x, b, s, '', bias] : [x, b, s], {}, 'com.microsoft'); // no zero point (symmetric)
+    // Row magnitude from two reductions (no |x| tensor written); floored so that a zero row stays zero.
+    const axis = ctx.consti64([-1]);
+    const hi = ctx.node('ReduceMax', [x, axis], { keepdims: A.i(1) });
+    const lo = ctx.node('ReduceMin', [x, axis], { keepdims: A.i(1) });
+    const r = ctx.node('Max', [hi, ctx.node('Neg', [lo]), ctx.scalar(1e-30, 'float32')]);
+    x = ctx.node('Mul', [x, ctx.node('Reciprocal', [r])]); // a multiply per element is cheaper than a divide
+    const y = ctx.node('Mul', [ctx.node('DynamicQuantizeMatMul', [x, b, s], {}, 'com.microsoft'), r]);
+    return bias ? ctx.node('Add', [y, bias]) : y;
   },
 };
 
@@ -968,36 +981,41 @@ OPS.quantizedLinear = {
  * softmax(q k^T / sqrt(dh) + (1 - keyMask) * -10000) v per head, for q, k, v [B, T, heads * dh]
  * (already projected) and keyMask [B, T] (1 = attend, 0 = padding; any integer or bool type):
  * com.microsoft MultiHeadAttention, one kernel instead of the head split / transposes, the two
- * batched products, the mask addition and the softmax. Output [B, T, heads * dh].
+ * batched products, the mask addition and the softmax. Output [B, T, heads * dh]. `bias`
+ * [3 * heads * dh] (the Q, K and V projections' biases, in that order) is added to q, k and v
+ * inside the kernel when the projections were computed without it.
  */
-export function fusedAttention(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor, heads: number): Tensor {
+export function fusedAttention(q: Tensor, k: Tensor, v: Tensor, keyMask: Tensor, heads: number, bias?: Tensor): Tensor {
   for (const [n, t] of [['k', k], ['v', v]] as const) {
     if (t.rank !== 3 || q.rank !== 3 || t.shape.some((d, i) => dimsConflict(d, q.shape[i]))) shapeError('fusedAttention', `${n} must be shaped like q [B, T, hidden]`, q.shape, t.shape);
   }
   const hidden = q.shape[2];
   if (typeof hidden === 'number' && hidden % heads !== 0) shapeError('fusedAttention', `hidden ${hidden} is not a multiple of ${heads} heads`, q.shape);
   if (keyMask.rank !== 2 || dimsConflict(keyMask.shape[0], q.shape[0]) || dimsConflict(keyMask.shape[1], q.shape[1])) shapeError('fusedAttention', 'key mask must be [B, T]', q.shape, keyMask.shape);
-  return q.graph.add('fusedAttention', [q, k, v, keyMask], { heads }, q.shape, q.dtype);
+  if (bias && (bias.rank !== 1 || (typeof hidden === 'number' && dimsConflict(bias.shape[0], 3 * hidden)))) shapeError('fusedAttention', 'bias must be [3 * hidden] (Q, K, V)', q.shape, bias.shape);
+  return q.graph.add('fusedAttention', bias ? [q, k, v, keyMask, bias] : [q, k, v, keyMask], { heads }, q.shape, q.dtype);
 }
 OPS.fusedAttention = {
   emit: (ctx, t) => {
     const mask = ctx.node('Cast', [ctx.input(t, 3)], { to: A.i(onnxType('int32')) });
-    return ctx.node('MultiHeadAttention', [ctx.input(t, 0), ctx.input(t, 1), ctx.input(t, 2), '', mask], { num_heads: A.i(t.attrs.heads as number), mask_filter_value: A.f(-10000) }, 'com.microsoft');
+    const bias = t.inputs.length > 4 ? ctx.input(t, 4) : '';
+    return ctx.node('MultiHeadAttention', [ctx.input(t, 0), ctx.input(t, 1), ctx.input(t, 2), bias, mask], { num_heads: A.i(t.attrs.heads as number), mask_filter_value: A.f(-10000) }, 'com.microsoft');
   },
 };
 
 /**
- * LayerNorm(x + skip) over the last axis (rank 3 inputs of one shape): com.microsoft
- * SkipLayerNormalization, the residual addition and the normalisation in one pass. Inference only.
+ * LayerNorm(x + skip [+ bias]) over the last axis (rank 3 inputs of one shape): com.microsoft
+ * SkipLayerNormalization, the residual addition (and a preceding Linear's bias) and the
+ * normalisation in one pass. Inference only.
  */
-export function skipLayerNorm(x: Tensor, skip: Tensor, w: Tensor, b: Tensor, eps = 1e-12): Tensor {
+export function skipLayerNorm(x: Tensor, skip: Tensor, w: Tensor, b: Tensor, eps = 1e-12, bias?: Tensor): Tensor {
   if (x.rank !== 3 || skip.rank !== 3 || x.shape.some((d, i) => dimsConflict(d, skip.shape[i]))) shapeError('skipLayerNorm', 'input and skip must both be [B, T, hidden]', x.shape, skip.shape);
   const h = x.shape[2];
-  if (w.rank !== 1 || b.rank !== 1 || dimsConflict(w.shape[0], h) || dimsConflict(b.shape[0], h)) shapeError('skipLayerNorm', 'weight and bias must be [hidden] matching the last axis', x.shape, w.shape);
-  return x.graph.add('skipLayerNorm', [x, skip, w, b], { eps }, x.shape, x.dtype);
+  for (const t of bias ? [w, b, bias] : [w, b]) if (t.rank !== 1 || dimsConflict(t.shape[0], h)) shapeError('skipLayerNorm', 'weight, bias and the added bias must be [hidden] matching the last axis', x.shape, t.shape);
+  return x.graph.add('skipLayerNorm', bias ? [x, skip, w, b, bias] : [x, skip, w, b], { eps }, x.shape, x.dtype);
 }
 OPS.skipLayerNorm = {
-  emit: (ctx, t) => ctx.node('SkipLayerNormalization', [0, 1, 2, 3].map((i) => ctx.input(t, i)), { epsilon: A.f(t.attrs.eps as number) }, 'com.microsoft'),
+  emit: (ctx, t) => ctx.node('SkipLayerNormalization', t.inputs.map((_, i) => ctx.input(t, i)), { epsilon: A.f(t.attrs.eps as number) }, 'com.microsoft'),
 };
 
 export function describe(t: Tensor): string {

@@ -59,6 +59,16 @@ export interface DropoutSeed {
   step: number;
 }
 
+/**
+ * Seconds a run spent, added to by Program.run: `feeds` building the input tensors and dropout
+ * masks, `session` inside ONNX Runtime, `outputs` turning its outputs into host tensors.
+ */
+export interface RunTimings {
+  feeds: number;
+  session: number;
+  outputs: number;
+}
+
 export class Program {
   readonly signature: string;
   private sessionPromise: Promise<ort.InferenceSession> | null = null;
@@ -91,8 +101,9 @@ export class Program {
     return this.sessionPromise;
   }
 
-  /** Run with the given feeds (by input name). Dropout masks are generated when `dropout` is given. */
-  async run(feeds: ReadonlyMap<string, HostTensor> | Record<string, HostTensor>, dropout?: DropoutSeed): Promise<Map<string, HostTensor>> {
+  /** Run with the given feeds (by input name). Dropout masks are generated when `dropout` is given; `timings` is added to. */
+  async run(feeds: ReadonlyMap<string, HostTensor> | Record<string, HostTensor>, dropout?: DropoutSeed, timings?: RunTimings): Promise<Map<string, HostTensor>> {
+    const t0 = performance.now();
     const get = (name: string) => (feeds instanceof Map ? feeds.get(name) : (feeds as Record<string, HostTensor>)[name]);
     const ortFeeds: Record<string, ort.Tensor> = {};
     const symbols = new Map<string, number>();
@@ -125,9 +136,16 @@ export class Program {
       ortFeeds[m.name] = toOrt({ dtype: 'float32', shape, data: dropoutMask(numel(shape), site.keep, m.name, dropout) });
     }
     const session = await this.session();
+    const t1 = performance.now();
     const out = await session.run(ortFeeds);
+    const t2 = performance.now();
     const result = new Map<string, HostTensor>();
     for (const name of this.model.outputs) result.set(name, fromOrt(out[name]));
+    if (timings) {
+      timings.feeds += (t1 - t0) / 1000;
+      timings.session += (t2 - t1) / 1000;
+      timings.outputs += (performance.now() - t2) / 1000;
+    }
     return result;
   }
 }

@@ -24,7 +24,8 @@ import { allSpecs, initParams, TIES, type HeadName, type HeadOptions } from '../
 import { loadNonStrict, readWeightsAny, type LoadReport } from '../model/load.js';
 import { UniterRunner } from '../model/runner.js';
 import type { DownstreamTask } from '../model/task-graphs.js';
-import { AdamW, clipGradNorm } from '../pretrain/optimizer.js';
+import { AdamW, clipScale, globalGradNorm } from '../pretrain/optimizer.js';
+import { StepTime, newStepTime, roundedTime } from '../pretrain/step-time.js';
 import { learningRateAt } from '../pretrain/schedule.js';
 import { CONFIG_FILE, LATEST_FILE, MODEL_FILE, TRAINER_FILE, checkpointRoot, loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from '../pretrain/checkpoint.js';
 import { JsonlLogger, ProgressDisplay } from '../pretrain/progress.js';
@@ -87,7 +88,7 @@ export interface FinetuneJob {
   selectMetric: string;
   train: TrainBatchSource;
   /** Replaces the default micro-step (next batch -> forward/backward), e.g. for hard-negative mining. */
-  microStep?(runner: UniterRunner, dropout: DropoutSeed): Promise<MicroStep>;
+  microStep?(runner: UniterRunner, dropout: DropoutSeed, time?: StepTime): Promise<MicroStep>;
   evaluate(runner: UniterRunner, opts: EvaluateOptions): Promise<Evaluation>;
   /** Names of the answer head's rows (VQA answers, VE classes): written to OUT/best/config.json as id2label. */
   labels?: readonly string[];
@@ -97,7 +98,8 @@ export interface StepInfo {
   step: number;
   loss: number;
   lr: number;
-  gradNorm: number;
+  /** Global gradient norm before clipping; null when clipping is off (not computed). */
+  gradNorm: number | null;
   tokens: number;
 }
 
@@ -154,9 +156,11 @@ export function withDropout(cfg: UniterConfig, dropout: number): UniterConfig {
 }
 
 /** The default micro-step: next batch, forward + backward of the job's graph. */
-async function defaultMicroStep(job: FinetuneJob, runner: UniterRunner, dropout: DropoutSeed): Promise<MicroStep> {
+async function defaultMicroStep(job: FinetuneJob, runner: UniterRunner, dropout: DropoutSeed, time: StepTime): Promise<MicroStep> {
+  const t = performance.now();
   const { batch } = job.train.next();
-  const out = await runner.run(job.graphTask, batch, { training: true, grads: true, ...job.graphOptions, dropout });
+  time.data += (performance.now() - t) / 1000;
+  const out = await runner.run(job.graphTask, batch, { training: true, grads: true, ...job.graphOptions, dropout, timings: time });
   const grads = new Map<string, Float32Array>();
   for (const [k, v] of out) if (k.startsWith('grad.')) grads.set(k.slice(5), v.data as Float32Array);
   const attn = batch.get('attn_masks');
@@ -277,26 +281,34 @@ export async function finetune(opts: FinetuneOptions): Promise<FinetuneResult> {
     }
   };
 
-  const micro = job.microStep ? (d: DropoutSeed) => job.microStep!(runner, d) : (d: DropoutSeed) => defaultMicroStep(job, runner, d);
+  const micro = job.microStep ? (d: DropoutSeed, t: StepTime) => job.microStep!(runner, d, t) : (d: DropoutSeed, t: StepTime) => defaultMicroStep(job, runner, d, t);
   let validatedAt = -1;
   while (step < endStep) {
     const grads = new Map<string, Float32Array>();
     let lossSum = 0;
     let tokens = 0;
+    const time = newStepTime();
+    const stepStart = performance.now();
     for (let m = 0; m < s.accumulation; m++) {
-      const r = await micro({ seed: s.seed, step: step * s.accumulation + m });
+      const r = await micro({ seed: s.seed, step: step * s.accumulation + m }, time);
+      const t = performance.now();
       lossSum += r.loss;
       tokens += r.tokens;
       addInto(grads, r.grads);
+      time.grads += (performance.now() - t) / 1000;
     }
-    const gradNorm = clipGradNorm(grads, s.gradNorm);
+    const t = performance.now();
+    // The global norm only when clipping needs it; the clipping itself happens inside the update.
+    const gradNorm = s.gradNorm > 0 ? globalGradNorm(grads) : null;
     step++;
     const loss = lossSum / s.accumulation;
-    if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) throw new Error(`${job.name} step ${step}: loss ${loss}, gradient norm ${gradNorm}; stopping before the parameters are changed or saved`);
+    if (!Number.isFinite(loss) || (gradNorm !== null && !Number.isFinite(gradNorm))) throw new Error(`${job.name} step ${step}: loss ${loss}, gradient norm ${gradNorm}; stopping before the parameters are changed or saved`);
     const lr = learningRateAt(step, { kind: 'linear', peakLr: s.learningRate, warmupSteps: s.warmupSteps, totalSteps: s.steps });
-    optimizer.step(grads, lr);
+    optimizer.step(grads, lr, gradNorm === null ? 1 : clipScale(gradNorm, s.gradNorm));
+    time.optimizer = (performance.now() - t) / 1000;
+    time.step = (performance.now() - stepStart) / 1000;
     losses.push({ step, loss });
-    if (step % s.logEvery === 0 || step === 1) logger.log({ type: 'train', step, task: job.name, loss, lr, grad_norm: gradNorm, tokens });
+    if (step % s.logEvery === 0 || step === 1) logger.log({ type: 'train', step, task: job.name, loss, lr, ...(gradNorm === null ? {} : { grad_norm: gradNorm }), tokens, time: roundedTime(time) });
     progress.update({ step, task: job.name, loss, lr, tokens });
     opts.onStep?.({ step, loss, lr, gradNorm, tokens });
     if ((s.validEvery > 0 && step % s.validEvery === 0) || step === s.steps) {

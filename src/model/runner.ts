@@ -2,7 +2,7 @@
  * Holds a model's parameters and runs task graphs on them. Compiled programs (and so ONNX
  * Runtime sessions) are cached per task and options; batches of any size reuse them.
  */
-import { DropoutSeed, Program, compile } from '../engine/runtime.js';
+import { DropoutSeed, Program, RunTimings, compile } from '../engine/runtime.js';
 import type { QuantizedWeight } from '../engine/ops.js';
 import type { Precision } from './uniter.js';
 import type { HostTensor } from '../engine/host.js';
@@ -14,6 +14,8 @@ import { TaskGraph, TaskName, TaskOptions, buildTaskGraph, headOf, prepareFeeds 
 
 export interface RunOptions extends TaskOptions {
   dropout?: DropoutSeed;
+  /** Added to with the seconds the run spent (feeds, session, outputs). */
+  timings?: RunTimings;
 }
 
 export class UniterRunner {
@@ -62,9 +64,11 @@ export class UniterRunner {
 
   async run(task: TaskName, batch: Batch, opts: RunOptions): Promise<Map<string, HostTensor>> {
     const { program, taskGraph } = this.compiled(task, opts);
+    const t0 = performance.now();
     const feeds = prepareFeeds(task, batch, { inference: opts.inference, reRank: opts.reRankMargin != null });
     for (const name of taskGraph.params) feeds.set(name, this.params.get(name)!);
-    const out = await program.run(feeds, opts.dropout);
+    if (opts.timings) opts.timings.feeds += (performance.now() - t0) / 1000;
+    const out = await program.run(feeds, opts.dropout, opts.timings);
     // Evaluation and inference: a NaN or infinite loss or score is an error, never a result
     // (a NaN score argmaxes to the first answer). Training steps check their own loss; captured
     // intermediates (golden parity) may hold masked -inf entries.

@@ -85,6 +85,17 @@ export function int8Quantized(weightName: string): boolean {
   return /^uniter\.encoder\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)\.weight$/.test(weightName);
 }
 
+/**
+ * Whether a quantized Linear scales its activations per row (token) instead of once per tensor:
+ * all but the FFN's first (intermediate.dense). With one scale per batch the ITM probabilities of
+ * held-out pairs moved up to 0.021 from float32 (mostly through the Q/K/V product, whose errors
+ * the attention softmax amplifies); per row everywhere 0.007, per row but for intermediate.dense
+ * 0.009, which saves about two thirds of the per-row passes' cost (issue 19, docs/benchmarks.md).
+ */
+export function int8PerRow(weightName: string): boolean {
+  return int8Quantized(weightName) && !weightName.endsWith('.intermediate.dense.weight');
+}
+
 /** Parameter lookup by official name (tied aliases resolve to their primary tensor). */
 export class Params {
   private readonly shapes = new Map<string, number[]>();
@@ -195,10 +206,23 @@ function addLn(P: Params, prefix: string, x: Tensor, residual: Tensor, opts: For
   return ln(P, prefix, add(x, residual));
 }
 
+/**
+ * LayerNorm(Linear(x) + residual). In fused int8 graphs the Linear's bias is added inside
+ * SkipLayerNormalization instead of after the per-row rescaling (one pass less over the output).
+ * Inference (no dropout) only.
+ */
+function denseAddLn(P: Params, densePrefix: string, lnPrefix: string, x: Tensor, residual: Tensor, opts: ForwardOptions): Tensor {
+  const q = P.quantized(`${densePrefix}.weight`);
+  if (q && opts.fusedAttention && !opts.training && !opts.gradients) {
+    return skipLayerNorm(quantizedLinear(x, q, undefined, int8PerRow(`${densePrefix}.weight`)), residual, P.get(`${lnPrefix}.weight`), P.get(`${lnPrefix}.bias`), LN_EPS, P.get(`${densePrefix}.bias`));
+  }
+  return addLn(P, lnPrefix, dense(P, densePrefix, x), residual, opts);
+}
+
 function dense(P: Params, prefix: string, x: Tensor): Tensor {
   const bias = P.has(`${prefix}.bias`) ? P.get(`${prefix}.bias`) : undefined;
   const q = P.quantized(`${prefix}.weight`);
-  if (q) return quantizedLinear(x, q, bias);
+  if (q) return quantizedLinear(x, q, bias, int8PerRow(`${prefix}.weight`));
   return linear(x, P.get(`${prefix}.weight`), bias);
 }
 
@@ -245,13 +269,16 @@ function selfAttention(P: Params, cfg: UniterConfig, prefix: string, x: Tensor, 
   if (opts.fusedAttention && !opts.training && !opts.gradients && !opts.attentions) {
     // Projections as [B, T, H] (int8: one product, then three slices), the rest in one kernel.
     let q: Tensor, k: Tensor, v: Tensor;
+    let bias: Tensor | undefined;
     if (P.int8) {
+      // The biases are added inside the attention kernel rather than after the per-row rescaling.
       const H = cfg.hidden_size;
-      const qkv = int8QkvProjection(P, prefix, x);
+      const qkv = int8QkvProjection(P, prefix, x, false);
       [q, k, v] = [0, 1, 2].map((i) => slice(qkv, 2, i * H, (i + 1) * H));
+      bias = qkvBias(P, prefix);
     } else [q, k, v] = ['query', 'key', 'value'].map((n) => dense(P, `${prefix}.self.${n}`, x));
-    const ctx = fusedAttention(q, k, v, mask.keys, heads);
-    return addLn(P, `${prefix}.output.LayerNorm`, dense(P, `${prefix}.output.dense`, ctx), x, opts);
+    const ctx = fusedAttention(q, k, v, mask.keys, heads, bias);
+    return denseAddLn(P, `${prefix}.output.dense`, `${prefix}.output.LayerNorm`, ctx, x, opts);
   }
   let q: Tensor, k: Tensor, v: Tensor;
   if (opts.gradients) {
@@ -302,14 +329,18 @@ function int8Qkv(P: Params, prefix: string, x: Tensor, heads: number, dh: number
   return [part(0), part(1), part(2)];
 }
 
-/** [B, T, 3H]: x @ [Wq; Wk; Wv]^T + [bq; bk; bv] as one int8 product. */
-function int8QkvProjection(P: Params, prefix: string, x: Tensor): Tensor {
+/** [B, T, 3H]: x @ [Wq; Wk; Wv]^T (+ [bq; bk; bv] when `withBias`) as one int8 product. */
+function int8QkvProjection(P: Params, prefix: string, x: Tensor, withBias = true): Tensor {
   const names = ['query', 'key', 'value'].map((n) => `${prefix}.self.${n}`);
   const parts = names.map((n) => P.quantized(`${n}.weight`));
   if (parts.some((p) => !p)) throw new Error(`int8 graph: ${prefix} Q/K/V weights are not all quantized`);
   const w = concatQuantized(`${prefix}.self.qkv.weight`, parts as QuantizedWeight[]);
-  const b = concat(names.map((n) => P.get(`${n}.bias`)), 0);
-  return quantizedLinear(x, w, b);
+  return quantizedLinear(x, w, withBias ? qkvBias(P, prefix) : undefined, int8PerRow(`${names[0]}.weight`));
+}
+
+/** [bq; bk; bv] of one attention layer. */
+function qkvBias(P: Params, prefix: string): Tensor {
+  return concat(['query', 'key', 'value'].map((n) => P.get(`${prefix}.self.${n}.bias`)), 0);
 }
 
 function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, mask: KeyMask, opts: ForwardOptions): Tensor {
@@ -317,6 +348,7 @@ function encoderLayer(P: Params, cfg: UniterConfig, l: number, x: Tensor, mask: 
   const a = selfAttention(P, cfg, `${p}.attention`, x, mask, opts);
   const inter = dense(P, `${p}.intermediate.dense`, a);
   const h = gelu(inter);
+  if (!opts.training) return denseAddLn(P, `${p}.output.dense`, `${p}.output.LayerNorm`, h, a, opts);
   const o = dropout(dense(P, `${p}.output.dense`, h), cfg.hidden_dropout_prob, opts.training);
   return addLn(P, `${p}.output.LayerNorm`, o, a, opts);
 }

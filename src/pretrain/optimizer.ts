@@ -135,10 +135,13 @@ export class AdamW {
   /**
    * One update with scheduled rate `lr`. A parameter absent from `grads` is skipped, like a
    * PyTorch parameter whose `.grad` is None (its t does not advance); pass zeros to let its
-   * moments decay as PyTorch does once `.grad` exists.
+   * moments decay as PyTorch does once `.grad` exists. `gradScale` multiplies every gradient as it
+   * is read (the clipping factor of clipScale): the same numbers as scaling the gradients in place
+   * first, without that extra pass over them; the gradients themselves are not changed.
    */
-  step(grads: Map<string, Float32Array>, lr: number): void {
+  step(grads: Map<string, Float32Array>, lr: number, gradScale = 1): void {
     if (!(Number.isFinite(lr) && lr >= 0)) throw new RangeError(`AdamW.step: learning rate must be a finite number >= 0, got ${lr}`);
+    if (!(Number.isFinite(gradScale) && gradScale > 0)) throw new RangeError(`AdamW.step: gradScale must be a finite number > 0, got ${gradScale}`);
     for (const [name, g] of grads) {
       const p = this.params.get(name);
       if (!p) throw new Error(`AdamW.step: gradient for unknown parameter '${name}'`);
@@ -157,23 +160,7 @@ export class AdamW {
       const groupLr = lr * p.lrMultiplier;
       let stepSize = groupLr;
       if (this.correctBias) stepSize = (groupLr * Math.sqrt(1 - b2 ** p.steps)) / (1 - b1 ** p.steps);
-      const decay = groupLr * p.weightDecay;
-      const m = p.expAvg;
-      const v = p.expAvgSq;
-      const w = p.value;
-      const c1 = 1 - b1;
-      const c2 = 1 - b2;
-      const eps = this.eps;
-      for (let i = 0; i < w.length; i++) {
-        const gi = g[i];
-        // Rounded to float32 at the same points as PyTorch's in-place float32 ops.
-        const mi = Math.fround(b1 * m[i] + c1 * gi);
-        const vi = Math.fround(b2 * v[i] + c2 * gi * gi);
-        m[i] = mi;
-        v[i] = vi;
-        const updated = Math.fround(w[i] - (stepSize * mi) / (Math.sqrt(vi) + eps));
-        w[i] = updated - decay * updated;
-      }
+      adamwUpdate(p.value, g, p.expAvg, p.expAvgSq, b1, b2, this.eps, stepSize, groupLr * p.weightDecay, gradScale);
     }
   }
 
@@ -261,23 +248,56 @@ export class AdamW {
 }
 
 /**
- * Clip gradients in place to a global L2 norm of at most `maxNorm` (torch `clip_grad_norm_`:
- * scale by maxNorm / (norm + 1e-6) when that is < 1). Returns the norm before clipping.
- * `maxNorm <= 0` disables clipping (the norm is still returned). A non-finite norm leaves the
- * gradients untouched: the caller should skip that update, as a mixed-precision loss scaler would.
+ * The element loop of AdamW.step for one parameter: gradient times `gradScale`, moments, the Adam
+ * step of `stepSize`, then the decoupled decay `decay` (official optim/adamw.py). Rounded to
+ * float32 at the same points as PyTorch's in-place float32 ops; `Math.fround(g * gradScale)` is
+ * exactly what scaling the gradient in place stored (and g itself when gradScale is 1).
  */
-export function clipGradNorm(grads: Map<string, Float32Array>, maxNorm: number): number {
+function adamwUpdate(w: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, b1: number, b2: number, eps: number, stepSize: number, decay: number, gradScale: number): void {
+  const c1 = 1 - b1;
+  const c2 = 1 - b2;
+  for (let i = 0; i < w.length; i++) {
+    const gi = Math.fround(g[i] * gradScale);
+    const mi = Math.fround(b1 * m[i] + c1 * gi);
+    const vi = Math.fround(b2 * v[i] + c2 * gi * gi);
+    m[i] = mi;
+    v[i] = vi;
+    const updated = Math.fround(w[i] - (stepSize * mi) / (Math.sqrt(vi) + eps));
+    w[i] = updated - decay * updated;
+  }
+}
+
+/** Global L2 norm of all gradients (float64 sum of squares), as torch `clip_grad_norm_` measures it. */
+export function globalGradNorm(grads: Map<string, Float32Array>): number {
   let sumSq = 0;
   for (const g of grads.values()) {
     for (let i = 0; i < g.length; i++) sumSq += g[i] * g[i];
   }
-  const norm = Math.sqrt(sumSq);
-  if (maxNorm > 0 && Number.isFinite(norm)) {
-    const coef = maxNorm / (norm + 1e-6);
-    if (coef < 1) {
-      for (const g of grads.values()) {
-        for (let i = 0; i < g.length; i++) g[i] *= coef;
-      }
+  return Math.sqrt(sumSq);
+}
+
+/**
+ * The factor torch `clip_grad_norm_` scales gradients by for a global norm `norm`: maxNorm /
+ * (norm + 1e-6) when that is < 1, else 1. `maxNorm <= 0` disables clipping (1); so does a
+ * non-finite norm (the caller should skip that update, as a mixed-precision loss scaler would).
+ */
+export function clipScale(norm: number, maxNorm: number): number {
+  if (!(maxNorm > 0) || !Number.isFinite(norm)) return 1;
+  const coef = maxNorm / (norm + 1e-6);
+  return coef < 1 ? coef : 1;
+}
+
+/**
+ * Clip gradients in place to a global L2 norm of at most `maxNorm` (torch `clip_grad_norm_`, see
+ * clipScale) and return the norm before clipping. The trainers instead pass clipScale to
+ * AdamW.step, which saves this pass over the gradients, and skip the norm when clipping is off.
+ */
+export function clipGradNorm(grads: Map<string, Float32Array>, maxNorm: number): number {
+  const norm = globalGradNorm(grads);
+  const coef = clipScale(norm, maxNorm);
+  if (coef < 1) {
+    for (const g of grads.values()) {
+      for (let i = 0; i < g.length; i++) g[i] *= coef;
     }
   }
   return norm;

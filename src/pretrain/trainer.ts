@@ -16,7 +16,8 @@ import { allSpecs, initParams, TIES } from '../model/params.js';
 import { UniterRunner } from '../model/runner.js';
 import { DEFAULT_OT, OtOptions, PretrainTask } from '../model/task-graphs.js';
 import { Rng } from '../util/rng.js';
-import { AdamW, clipGradNorm, groupByNameSubstring } from './optimizer.js';
+import { AdamW, clipScale, globalGradNorm, groupByNameSubstring } from './optimizer.js';
+import { newStepTime, roundedTime } from './step-time.js';
 import { TaskMixer, mixName, parseMixName } from './mixer.js';
 import { learningRateAt } from './schedule.js';
 import { loadLatestCheckpoint, saveCheckpoint, saveModelFolder } from './checkpoint.js';
@@ -112,7 +113,8 @@ export interface StepInfo {
   task: string;
   loss: number;
   lr: number;
-  gradNorm: number;
+  /** Global gradient norm before clipping; null when clipping is off (not computed). */
+  gradNorm: number | null;
   tokens: number;
 }
 
@@ -296,15 +298,21 @@ async function runPretrain(opts: PretrainOptions, at: { step: number }): Promise
     const grads = new Map<string, Float32Array>();
     let lossSum = 0;
     let tokens = 0;
+    const time = newStepTime();
+    const stepStart = performance.now();
     for (let micro = 0; micro < s.accumulation; micro++) {
+      let t = performance.now();
       const { batch } = loader.next();
+      time.data += (performance.now() - t) / 1000;
       const out = await runner.run(task as PretrainTask, batch, {
         training: true,
         grads: true,
         ot: task === 'itm' ? ot : null,
         imgMasks: batch.has('img_masks'),
         dropout: { seed: s.seed, step: step * s.accumulation + micro },
+        timings: time,
       });
+      t = performance.now();
       lossSum += Number(out.get('loss')!.data[0]);
       const attn = batch.get('attn_masks')!;
       tokens += attn.shape[0] * attn.shape[1];
@@ -318,15 +326,21 @@ async function runPretrain(opts: PretrainOptions, at: { step: number }): Promise
           for (let i = 0; i < a.length; i++) prev[i] += a[i];
         }
       }
+      time.grads += (performance.now() - t) / 1000;
     }
-    const gradNorm = clipGradNorm(grads, s.gradNorm);
+    const t = performance.now();
     step++;
-    const lr = learningRateAt(step, { kind: s.schedule, peakLr: s.learningRate, warmupSteps: s.warmupSteps, totalSteps: s.steps });
-    optimizer.step(grads, lr);
     const loss = lossSum / s.accumulation;
-    if (!Number.isFinite(loss)) throw new Error(`step ${step} (${name}): loss is ${loss}; stopping before the parameters are saved`);
+    if (!Number.isFinite(loss)) throw new Error(`step ${step} (${name}): loss is ${loss}; stopping before the parameters are changed or saved`);
+    // The global norm only when clipping needs it; the clipping itself happens inside the update.
+    const gradNorm = s.gradNorm > 0 ? globalGradNorm(grads) : null;
+    if (gradNorm !== null && !Number.isFinite(gradNorm)) throw new Error(`step ${step} (${name}): gradient norm is ${gradNorm}; stopping before the parameters are changed or saved`);
+    const lr = learningRateAt(step, { kind: s.schedule, peakLr: s.learningRate, warmupSteps: s.warmupSteps, totalSteps: s.steps });
+    optimizer.step(grads, lr, gradNorm === null ? 1 : clipScale(gradNorm, s.gradNorm));
+    time.optimizer = (performance.now() - t) / 1000;
+    time.step = (performance.now() - stepStart) / 1000;
     losses.push({ step, task: name, loss });
-    if (step % s.logEvery === 0 || step === 1) logger.log({ type: 'train', step, task: name, loss, lr, grad_norm: gradNorm, tokens });
+    if (step % s.logEvery === 0 || step === 1) logger.log({ type: 'train', step, task: name, loss, lr, ...(gradNorm === null ? {} : { grad_norm: gradNorm }), tokens, time: roundedTime(time) });
     progress.update({ step, task: name, loss, lr, tokens });
     opts.onStep?.({ step, task: name, loss, lr, gradNorm, tokens });
     if (s.validEvery > 0 && step % s.validEvery === 0 && step < s.steps) await validate(step, false);

@@ -1,6 +1,7 @@
 /**
  * HTML report of a training run from its JSON Lines log (pretrain/progress.ts JsonlLogger):
- *   {type: "train", step, task, loss, lr?, grad_norm?, ...}   one per optimizer step
+ *   {type: "train", step, task, loss, lr?, grad_norm?, tokens?, time?, ...}   one per optimizer step
+ *     (grad_norm only when clipping is on; time: seconds by part of the step, pretrain/step-time.ts)
  *   {type: "val", step, task, <metric>: number, ...}           one per task per validation
  * Draws the training loss per task, the learning rate and gradient norm when logged, and one
  * curve per validation metric of every task, plus summary tables.

@@ -14,7 +14,7 @@ import { sampleBatch } from '../../src/export/sample.js';
 import { exportOnnx } from '../../src/export/export.js';
 import { UniterRunner } from '../../src/model/runner.js';
 import { buildTaskGraph } from '../../src/model/task-graphs.js';
-import { int8Quantized } from '../../src/model/uniter.js';
+import { int8PerRow, int8Quantized } from '../../src/model/uniter.js';
 import type { ScoringTask } from '../../src/api/scoring-heads.js';
 import type { HeadName } from '../../src/model/params.js';
 import { GOLDEN, TINY, goldenModelFolder, randomParams, removeTempDirs, tempDir, writeModelFolder } from '../export/model-folders.js';
@@ -86,13 +86,35 @@ test('int8 graphs quantize exactly the encoder linears; embeddings, pooler and h
   const params = randomParams(TINY, 'vqa', { numAnswers: 6 });
   const tg = buildTaskGraph(TINY, 'vqa', { ...INFER, numAnswers: 6, precision: 'int8' }, { weights: params });
   const quantized = tg.graph.nodes.filter((n) => n.op === 'quantizedLinear');
-  // Per layer: Q/K/V as one product, the attention output, the FFN's two.
+  // Per layer: Q/K/V as one product, the attention output, the FFN's two; activations quantized per
+  // row except for the FFN's first (int8PerRow).
   assert.equal(quantized.length, 4 * TINY.num_hidden_layers);
+  const perRow = quantized.filter((n) => n.attrs.perRow === true).map((n) => (n.attrs.weight as { name: string }).name);
+  assert.equal(perRow.length, 3 * TINY.num_hidden_layers, perRow.join());
+  assert.ok(perRow.every((n) => !n.includes('intermediate')), perRow.join());
+  assert.ok(int8PerRow('uniter.encoder.layer.1.attention.self.query.weight') && int8PerRow('uniter.encoder.layer.1.output.dense.weight'));
+  assert.ok(!int8PerRow('uniter.encoder.layer.1.intermediate.dense.weight') && !int8PerRow('uniter.pooler.dense.weight'));
   for (const p of tg.params) assert.ok(!int8Quantized(p), `${p} is still a float32 input`);
   for (const p of ['uniter.img_embeddings.img_linear.weight', 'uniter.pooler.dense.weight', 'vqa_output.3.weight', 'uniter.embeddings.LayerNorm.weight']) assert.ok(tg.params.includes(p), p);
   assert.ok(int8Quantized('uniter.encoder.layer.0.intermediate.dense.weight'));
   assert.ok(!int8Quantized('uniter.encoder.layer.0.attention.output.LayerNorm.weight'));
   assert.ok(!int8Quantized('uniter.encoder.layer.0.attention.self.query.bias'));
+});
+
+test('int8 fused graphs (Q/K/V biases inside the attention kernel, output biases inside skip-LayerNorm) equal the int8 composite', async () => {
+  const params = randomParams(TINY, 'pretrain');
+  const runner = new UniterRunner(TINY, params, 1);
+  const batch = sampleBatch('itm', TINY, { examples: 4, words: [1, 12], regions: [1, 8] }, 22);
+  const opts = { ...INFER, precision: 'int8' as const };
+  const fused = await runner.run('itm', batch, opts);
+  const composite = await runner.run('itm', batch, { ...opts, fusedAttention: false });
+  for (const [name, ref] of composite) assert.ok(maxAbsDiff(ref, fused.get(name)!) < 1e-4, `${name}: ${maxAbsDiff(ref, fused.get(name)!)}`);
+  const tg = buildTaskGraph(TINY, 'itm', { ...opts }, { weights: params });
+  const attention = tg.graph.nodes.filter((n) => n.op === 'fusedAttention');
+  const lns = tg.graph.nodes.filter((n) => n.op === 'skipLayerNorm');
+  assert.equal(attention.length, TINY.num_hidden_layers);
+  assert.ok(attention.every((n) => n.inputs.length === 5), 'every attention takes the Q/K/V biases');
+  assert.ok(lns.length === 2 * TINY.num_hidden_layers && lns.every((n) => n.inputs.length === 5), 'every skip-LayerNorm takes its Linear\'s bias');
 });
 
 test('float32 inference graphs use the fused attention and skip-LayerNorm kernels, same values as the composite', async () => {

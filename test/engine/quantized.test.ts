@@ -91,6 +91,53 @@ test('DynamicQuantizeMatMul agrees with the float32 Linear (rank 2 and 3 inputs,
   assert.ok(text.includes('layer.weight.int8') && text.includes('com.microsoft'));
 });
 
+test('per-row activation quantization: each row keeps its own resolution next to a large row; a zero row stays zero', async () => {
+  const rng = new Rng(4, 'q');
+  const [K, N] = [64, 24];
+  const w = randomF32(rng, [N, K], 0.1);
+  const b = randomF32(rng, [N], 0.1);
+  const q = quantizeWeightPerChannel('layer.weight', w.data as Float32Array, N, K);
+  const g = new Graph('q');
+  const x = g.input('x', 'float32', ['B', 'T', K]);
+  const wt = g.param('w', [N, K]);
+  const bt = g.param('b', [N]);
+  const prog = compile(g, { ref: linear(x, wt), perTensor: quantizedLinear(x, q), perRow: quantizedLinear(x, q, undefined, true), perRowBias: quantizedLinear(x, q, bt, true), refBias: linear(x, wt, bt) }, { threads: 1 });
+  // Rows: 0 large (x1000), 1 and 2 ordinary, 3 all zero; in two batch entries.
+  const xs = randomF32(rng, [2, 4, K]);
+  const xd = xs.data as Float32Array;
+  for (let k = 0; k < K; k++) {
+    xd[k] *= 1000;
+    xd[3 * K + k] = 0;
+  }
+  const out = await prog.run({ x: xs, w, b });
+  const rowErr = (name: string, ref: string, r: number) => {
+    const a = out.get(name)!.data as Float32Array;
+    const e = out.get(ref)!.data as Float32Array;
+    let diff = 0;
+    let range = 0;
+    for (let j = 0; j < N; j++) {
+      diff = Math.max(diff, Math.abs(a[r * N + j] - e[r * N + j]));
+      range = Math.max(range, Math.abs(e[r * N + j]));
+    }
+    return { diff, range };
+  };
+  for (const r of [0, 1, 2, 5, 6]) {
+    const { diff, range } = rowErr('perRow', 'ref', r);
+    assert.ok(diff < 0.02 * range, `per-row, row ${r}: max |diff| ${diff} against the row's max |ref| ${range}`);
+    const withBias = rowErr('perRowBias', 'refBias', r);
+    assert.ok(withBias.diff < 0.02 * withBias.range + 1e-6, `per-row with bias, row ${r}: ${withBias.diff} vs ${withBias.range}`);
+  }
+  // One scale for the whole tensor: the ordinary rows get the large row's step (about 1000x coarser).
+  const small = rowErr('perTensor', 'ref', 1);
+  assert.ok(small.diff > 0.1 * small.range, `per-tensor, row 1: ${small.diff} against ${small.range} (expected the coarse shared scale to show)`);
+  for (const name of ['perRow', 'perRowBias']) {
+    const a = out.get(name)!.data as Float32Array;
+    assert.ok(a.every(Number.isFinite), `${name}: finite`);
+  }
+  const zero = (out.get('perRow')!.data as Float32Array).subarray(3 * N, 4 * N);
+  assert.ok(zero.every((v) => v === 0), 'a zero row gives a zero product');
+});
+
 test('quantizedLinear reports shape errors naming the weight', () => {
   const g = new Graph('q');
   const x = g.input('x', 'float32', ['B', 8]);

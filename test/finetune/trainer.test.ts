@@ -102,6 +102,16 @@ test('the head trains at lr x lr_mul (VQA x10), the body at lr; loss goes down',
   const first = r.losses[0].loss;
   const last = r.losses.slice(-3).reduce((s, l) => s + l.loss, 0) / 3;
   assert.ok(last < first * 0.8, `loss ${first} -> ${last}`);
+  // grad_norm -1: no clipping, so no global norm is computed or logged; every step logs where its time went.
+  const logged = readJsonl(path.join(box.dir, 'lrmul', 'log.jsonl')).filter((l) => l.type === 'train');
+  assert.ok(logged.length > 0);
+  for (const l of logged) {
+    assert.equal('grad_norm' in l, false);
+    const time = l.time as Record<string, number>;
+    assert.deepEqual(Object.keys(time).sort(), ['data', 'feeds', 'grads', 'optimizer', 'outputs', 'session', 'step']);
+    assert.ok(Object.values(time).every((x) => Number.isFinite(x) && x >= 0), JSON.stringify(time));
+    assert.ok(time.session > 0 && time.step >= time.data + time.feeds + time.session + time.outputs + time.grads + time.optimizer - 0.01, JSON.stringify(time));
+  }
 });
 
 test('NLVR2 surgery: the pre-trained 2-row token types grow to 3 (row 2 = row 1); load report names what is missing', () => {

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { AdamW, accumulateGrads, clipGradNorm, groupByNameSubstring, usesWeightDecay, zeroGrads } from '../../src/pretrain/optimizer.js';
+import { AdamW, accumulateGrads, clipGradNorm, clipScale, globalGradNorm, groupByNameSubstring, usesWeightDecay, zeroGrads } from '../../src/pretrain/optimizer.js';
+import { Rng } from '../../src/util/rng.js';
 
 const B1 = 0.9;
 const B2 = 0.98;
@@ -209,6 +210,88 @@ describe('AdamW', () => {
     assert.throws(() => fresh.loadState({ tensors: missing, json: good.json }), /missing tensor 'exp_avg_sq\.uniter\.encoder\.layer\.0\.attention\.self\.query\.bias'/);
     const grouped = new AdamW(setup().params, setup().shapes, { groups: [groupByNameSubstring('enc', 'encoder', 5)] });
     assert.throws(() => grouped.loadState(good), /was in group 'default' \(x1\), now in 'enc' \(x5\)/);
+  });
+});
+
+/**
+ * The update as the trainers ran it before the clipping factor moved into AdamW.step (issue 19):
+ * clip the gradients in place, then this loop over each parameter. Kept verbatim as the reference.
+ */
+function previousClipAndStep(params: Map<string, Float32Array>, m: Map<string, Float32Array>, v: Map<string, Float32Array>, t: number, grads: Map<string, Float32Array>, lr: number, maxNorm: number, lrMul: (n: string) => number, wd: (n: string) => number): number {
+  let sumSq = 0;
+  for (const g of grads.values()) for (let i = 0; i < g.length; i++) sumSq += g[i] * g[i];
+  const norm = Math.sqrt(sumSq);
+  if (maxNorm > 0 && Number.isFinite(norm)) {
+    const coef = maxNorm / (norm + 1e-6);
+    if (coef < 1) for (const g of grads.values()) for (let i = 0; i < g.length; i++) g[i] *= coef;
+  }
+  for (const [name, w] of params) {
+    const g = grads.get(name)!;
+    const groupLr = lr * lrMul(name);
+    const stepSize = (groupLr * Math.sqrt(1 - B2 ** t)) / (1 - B1 ** t);
+    const decay = groupLr * wd(name);
+    const mm = m.get(name)!;
+    const vv = v.get(name)!;
+    for (let i = 0; i < w.length; i++) {
+      const gi = g[i];
+      const mi = Math.fround(B1 * mm[i] + (1 - B1) * gi);
+      const vi = Math.fround(B2 * vv[i] + (1 - B2) * gi * gi);
+      mm[i] = mi;
+      vv[i] = vi;
+      const updated = Math.fround(w[i] - (stepSize * mi) / (Math.sqrt(vi) + EPS));
+      w[i] = updated - decay * updated;
+    }
+  }
+  return norm;
+}
+
+describe('AdamW.step with the clipping factor (the trainers\' path)', () => {
+  it('is bitwise the previous clip-in-place-then-step update, clipping or not, over several steps', () => {
+    const rng = new Rng(19, 'adamw-clip');
+    const names = ['encoder.layer.0.dense.weight', 'encoder.layer.0.dense.bias', 'vqa_output.0.weight', 'encoder.LayerNorm.weight'];
+    const sizes = [70000, 300, 1200, 64];
+    const init = names.map((_, k) => Float32Array.from({ length: sizes[k] }, () => rng.normal() * 0.05));
+    const fresh = () => new Map(names.map((n, k) => [n, Float32Array.from(init[k])]));
+    const shapes = new Map(names.map((n, k) => [n, [sizes[k]]]));
+    const groups = [groupByNameSubstring('head', 'vqa_output', 10)];
+    for (const maxNorm of [0.5, 1e6, -1]) {
+      const mine = fresh();
+      const opt = new AdamW(mine, shapes, { weightDecay: WD, groups });
+      const ref = fresh();
+      const m = new Map(names.map((n, k) => [n, new Float32Array(sizes[k])]));
+      const v = new Map(names.map((n, k) => [n, new Float32Array(sizes[k])]));
+      for (let t = 1; t <= 3; t++) {
+        const g = names.map((_, k) => Float32Array.from({ length: sizes[k] }, () => rng.normal() * 0.02 * t));
+        const refNorm = previousClipAndStep(ref, m, v, t, new Map(names.map((n, k) => [n, Float32Array.from(g[k])])), 1e-3 * t, maxNorm, (n) => opt.settingsOf(n).lrMultiplier, (n) => opt.settingsOf(n).weightDecay);
+        const grads = new Map(names.map((n, k) => [n, g[k]]));
+        const norm = maxNorm > 0 ? globalGradNorm(grads) : null;
+        opt.step(grads, 1e-3 * t, norm === null ? 1 : clipScale(norm, maxNorm));
+        if (norm !== null) assert.equal(norm, refNorm);
+        names.forEach((n, k) => assert.deepEqual(grads.get(n), g[k], 'the gradients are left as they were'));
+      }
+      const state = opt.state().tensors;
+      for (const n of names) {
+        assert.deepEqual(mine.get(n), ref.get(n), `${n} (maxNorm ${maxNorm})`);
+        assert.deepEqual(state.get(`exp_avg.${n}`)!.data, m.get(n), `exp_avg.${n}`);
+        assert.deepEqual(state.get(`exp_avg_sq.${n}`)!.data, v.get(n), `exp_avg_sq.${n}`);
+      }
+    }
+  });
+
+  it('clipScale is 1 when off, below the limit or not finite, else maxNorm / (norm + 1e-6)', () => {
+    assert.equal(clipScale(13, -1), 1);
+    assert.equal(clipScale(13, 0), 1);
+    assert.equal(clipScale(5, 10), 1);
+    assert.equal(clipScale(Infinity, 1), 1);
+    assert.equal(clipScale(NaN, 1), 1);
+    assert.equal(clipScale(13, 6.5), 6.5 / (13 + 1e-6));
+  });
+
+  it('refuses a gradient scale that is not a finite positive number', () => {
+    const { params, shapes } = setup();
+    const opt = new AdamW(params, shapes);
+    assert.throws(() => opt.step(new Map(), 1e-3, NaN), /gradScale must be a finite number > 0, got NaN/);
+    assert.throws(() => opt.step(new Map(), 1e-3, 0), /gradScale must be a finite number > 0, got 0/);
   });
 });
 

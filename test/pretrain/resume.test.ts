@@ -43,8 +43,13 @@ test('a run stopped and resumed produces the same losses as an uninterrupted run
   // Final parameters identical too.
   for (const [k, v] of full.params) assert.deepEqual(second.params.get(k)!.data, v.data, k);
   // The log of the resumed run has each step once.
-  const steps = fs.readFileSync(path.join(dirB, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.type === 'train').map((r) => r.step);
-  assert.deepEqual(steps, [1, 2, 3, 4, 5, 6, 7, 8]);
+  const train = fs.readFileSync(path.join(dirB, 'log.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((r) => r.type === 'train');
+  assert.deepEqual(train.map((r) => r.step), [1, 2, 3, 4, 5, 6, 7, 8]);
+  // Clipping on (grad_norm 5): the norm is logged, with where the step's time went.
+  for (const r of train) {
+    assert.ok(Number.isFinite(r.grad_norm) && r.grad_norm > 0, `step ${r.step} grad_norm ${r.grad_norm}`);
+    assert.ok(r.time.session > 0 && r.time.optimizer >= 0 && r.time.step >= r.time.session, JSON.stringify(r.time));
+  }
 });
 
 test('learning-rate multipliers by name: a x0 group keeps its weights while the rest trains', async () => {
