@@ -66,7 +66,7 @@ test('case 10b: an export whose outputs differ from the library is refused with 
   fs.mkdirSync(path.dirname(out));
   await assert.rejects(exportModel({ ...model, params: new TwoFaced(original) }, { out, verify: true }), (e: Error) => {
     assert.ok(e instanceof ExportVerificationError);
-    assert.match(e.message, /outputs differ from the library's by more than the tolerance 0.00001 \(itm_scores \[B=\d+ Lt=\d+ N=\d+ Lj=\d+\] max \|diff\| 1\.00e\+0;.*nothing was written/);
+    assert.match(e.message, /outputs differ from the library's float32 run by more than the tolerance 0.00001 \(itm_scores \[B=\d+ Lt=\d+ N=\d+ Lj=\d+\] max \|diff\| 1\.00e\+0;.*nothing was written/);
     assert.equal(e.report?.ok, false);
     return true;
   });
