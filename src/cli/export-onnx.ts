@@ -23,7 +23,7 @@ const USAGE = `export-onnx --checkpoint DIR OUT.onnx [--task T] [--nlvr2-head pa
                     exit 1 if not. With --int8 that is the library's int8 run, and the session runs with
                     weight prepacking off: prepacked float GEMMs sum in another order, and quantizing the
                     activations turns that ulp into a whole quantization step, so a default session's int8
-                    scores may differ from the library's by int8's own error (up to 1.3e-2 seen)
+                    scores may differ from the library's by as much as int8's own error (see docs/api.md)
   --json            print one JSON line (file, task, opset, inputs, outputs, sidecar, verification)
   --quiet           no progress and no messages (errors still go to stderr)
   Writes OUT.onnx and OUT.onnx.json (inputs, outputs, dims, config), each atomically. Progress on stderr
