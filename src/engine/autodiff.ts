@@ -5,8 +5,8 @@
  * used more than once (tied weights, residual connections).
  */
 import { dimEq } from './dims.js';
-import type { Tensor } from './graph.js';
-import { OPS, add, concat, isFloat } from './ops.js';
+import type { CheckpointRegion, Graph, Tensor } from './graph.js';
+import { OPS, add, after, concat, isFloat } from './ops.js';
 
 /** Gradients of the scalar `loss` w.r.t. each of `wrt` (null where the loss does not depend on it). */
 export function grad(loss: Tensor, wrt: readonly Tensor[]): Array<Tensor | null> {
@@ -37,13 +37,10 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Array<Tensor | null>
     parts.set(id, [g]);
     return g;
   };
-  parts.set(loss.id, [onesScalar(loss)]);
-  const lastNode = loss.id;
-  for (let i = lastNode; i >= 0; i--) {
-    const node = graph.nodes[i];
+  const backward = (node: Tensor) => {
     const g = total(node.id);
-    if (!g || node.op === 'input' || node.op === 'const') continue;
-    if (!node.inputs.some(relevant)) continue;
+    if (!g || node.op === 'input' || node.op === 'const') return;
+    if (!node.inputs.some(relevant)) return;
     const rule = OPS[node.op]?.grad;
     if (!rule) throw new Error(`grad: op '${node.op}' has no gradient rule (needed for ${node})`);
     const gs = rule(node, g);
@@ -54,9 +51,74 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Array<Tensor | null>
       if (prev) prev.push(gi);
       else parts.set(inp.id, [gi]);
     });
+  };
+
+  /**
+   * The backward pass of a checkpointed region: its forward nodes again, from a copy of its input
+   * that exists only once the region's output gradient does (see `after`), then their rules on
+   * the copies. The forward's own intermediates of the region are then used by nothing after it.
+   */
+  const recompute = (region: CheckpointRegion) => {
+    const { input, start, output } = region;
+    for (let id = start; id < output.id; id++) {
+      if (parts.has(id)) throw new Error(`grad: checkpointed region ${start}..${output.id} has a value used outside it (${graph.nodes[id]}); only its output may be`);
+    }
+    const gate = after(input, total(output.id)!);
+    const copies = new Map<number, Tensor>([[input.id, gate]]);
+    const order: Tensor[] = [gate];
+    const like = (copy: Tensor, of: Tensor) => {
+      if (fromWrt.has(of.id)) fromWrt.add(copy.id);
+      if (toLoss.has(of.id)) toLoss.add(copy.id);
+    };
+    like(gate, input);
+    for (let id = start; id <= output.id; id++) {
+      const n = graph.nodes[id];
+      if (n.op === 'input' || n.op === 'const') continue; // dropout masks and constants are shared, not recomputed
+      const copy = graph.add(n.op, n.inputs.map((x) => copies.get(x.id) ?? x), n.attrs, n.shape, n.dtype);
+      copies.set(id, copy);
+      like(copy, n);
+      order.push(copy);
+    }
+    parts.set(copies.get(output.id)!.id, parts.get(output.id)!);
+    parts.delete(output.id);
+    for (let k = order.length - 1; k >= 0; k--) backward(order[k]);
+  };
+
+  const regions = new Map(graph.checkpoints.filter((r) => r.output.id <= loss.id).map((r) => [r.output.id, r]));
+  parts.set(loss.id, [onesScalar(loss)]);
+  for (let i = loss.id; i >= 0; i--) {
+    const region = regions.get(i);
+    if (region && parts.has(i)) {
+      recompute(region);
+      i = region.start; // the region's own nodes are done (through their copies)
+    } else backward(graph.nodes[i]);
   }
   return wrt.map((t) => total(t.id) ?? null);
 }
+
+/**
+ * Activation checkpointing: `body(x)` in the forward pass, with its intermediates recomputed
+ * from x in the backward pass instead of kept from the forward (memory of one region's
+ * activations at a time instead of all of them, for one more forward of the region). Only the
+ * result may be used outside the body; regions do not nest.
+ */
+export function checkpoint(x: Tensor, body: (x: Tensor) => Tensor): Tensor {
+  const graph = x.graph;
+  if (openRegions.has(graph)) throw new Error('checkpoint: regions do not nest');
+  const start = graph.nodes.length;
+  openRegions.add(graph);
+  let output: Tensor;
+  try {
+    output = body(x);
+  } finally {
+    openRegions.delete(graph);
+  }
+  if (output.id >= start) graph.checkpoints.push({ input: x, start, output });
+  return output;
+}
+
+/** Graphs whose trace is inside a checkpoint body now. */
+const openRegions = new WeakSet<Graph>();
 
 /**
  * Gradients of slices that tile their input along one axis (e.g. Q, K and V cut from one fused

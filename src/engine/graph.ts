@@ -37,6 +37,17 @@ export class Tensor {
 
 export class ShapeError extends Error {}
 
+/**
+ * A checkpointed region of the trace: the nodes from `start` to `output` (a function of `input`,
+ * parameters and other earlier values) are not kept for the backward pass but recomputed there
+ * from `input` (see `checkpoint` in autodiff.ts).
+ */
+export interface CheckpointRegion {
+  input: Tensor;
+  start: number;
+  output: Tensor;
+}
+
 export class Graph {
   readonly nodes: Tensor[] = [];
   readonly inputs = new Map<string, Tensor>();
@@ -46,6 +57,8 @@ export class Graph {
   readonly dropoutSites = new Map<string, { keep: number }>();
   /** Symbols defined as an exact quotient of other dims (from reshape's -1). */
   readonly derivedDims = new Map<string, { num: Dim; den: Dim }>();
+  /** Regions recomputed in the backward pass, in trace order. */
+  readonly checkpoints: CheckpointRegion[] = [];
   private dropoutCount = 0;
 
   constructor(readonly name = 'graph') {}
@@ -74,11 +87,14 @@ export class Graph {
     return this.inputs.get(name) ?? this.input(name, 'float32', shape, 'param');
   }
 
-  /** A fresh float mask input for dropout, shaped like `like`; the runtime feeds 0/1 values. */
+  /**
+   * A fresh keep-mask input for dropout, shaped like `like`: bool (one byte per element, a
+   * quarter of a float mask's memory, in the graph and on the host); the runtime fills it.
+   */
   dropoutMask(like: Tensor, keep: number): Tensor {
     const name = `dropout_mask_${this.dropoutCount++}`;
     this.dropoutSites.set(name, { keep });
-    return this.input(name, like.dtype, like.shape, 'dropout');
+    return this.input(name, 'bool', like.shape, 'dropout');
   }
 
   /** A new symbol equal to num / den at run time. */

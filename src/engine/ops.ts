@@ -285,6 +285,27 @@ OPS.cast = {
   grad: (t, g) => [isFloat(t.inputs[0].dtype) ? cast(g, t.inputs[0].dtype) : null],
 };
 
+/**
+ * A copy of x that ONNX Runtime can compute only once `token` exists (x concatenated with an
+ * empty slice of token). Recomputation in the backward pass starts from it: the recomputed
+ * nodes then neither run before the gradient reaches them nor equal the forward nodes, which the
+ * optimizer's common-subexpression elimination would otherwise merge back into the forward pass.
+ */
+export function after(x: Tensor, token: Tensor): Tensor {
+  if (x.dtype !== token.dtype) shapeError('after', `dtype mismatch ${x.dtype} vs ${token.dtype}`, x.shape, token.shape);
+  return x.graph.add('after', [x, token], {}, x.shape, x.dtype);
+}
+OPS.after = {
+  emit: (ctx, t) => {
+    const flat = ctx.consti64([-1]);
+    const none = ctx.consti64([0]);
+    const empty = ctx.node('Slice', [ctx.node('Reshape', [ctx.input(t, 1), flat]), none, none, none]);
+    const joined = ctx.node('Concat', [ctx.node('Reshape', [ctx.input(t, 0), flat]), empty], { axis: A.i(0) });
+    return ctx.node('Reshape', [joined, ctx.node('Shape', [ctx.input(t, 0)])]);
+  },
+  grad: (_t, g) => [g, null],
+};
+
 /** Identity in the forward pass; blocks gradients (used for the detached IPOT plan). */
 export function stopGradient(x: Tensor): Tensor {
   return x.graph.add('stopGradient', [x], {}, x.shape, x.dtype);
@@ -769,8 +790,23 @@ OPS.gelu = {
 /** Inverted dropout with a mask the runtime draws from (seed, step); identity when not training. */
 export function dropout(x: Tensor, p: number, training: boolean): Tensor {
   if (!training || p <= 0) return x;
-  return mul(x, x.graph.dropoutMask(x, 1 - p));
+  return maskedScale(x, x.graph.dropoutMask(x, 1 - p), 1 / (1 - p));
 }
+
+/**
+ * mask ? x * scale : 0 for a bool mask shaped like x. Its own gradient rule (the same op on the
+ * gradient), so the backward keeps only the byte mask: the values are those of x times a float
+ * mask of 0 / scale (the product rounds once either way).
+ */
+export function maskedScale(x: Tensor, mask: Tensor, scale: number): Tensor {
+  if (mask.dtype !== 'bool') shapeError('maskedScale', `mask must be bool, got ${mask.dtype}`, x.shape, mask.shape);
+  if (mask.rank !== x.rank || mask.shape.some((d, i) => dimsConflict(d, x.shape[i]))) shapeError('maskedScale', 'mask must be shaped like the input', x.shape, mask.shape);
+  return x.graph.add('maskedScale', [x, mask], { scale }, x.shape, x.dtype);
+}
+OPS.maskedScale = {
+  emit: (ctx, t) => ctx.node('Where', [ctx.input(t, 1), ctx.node('Mul', [ctx.input(t, 0), ctx.scalar(t.attrs.scale as number, t.dtype)]), ctx.scalar(0, t.dtype)]),
+  grad: (t, g) => [maskedScale(g, t.inputs[1], t.attrs.scale as number), null],
+};
 
 /** Per-row cross entropy of logits [N, C] against integer targets [N]. */
 export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {

@@ -49,7 +49,7 @@ export class UniterRunner {
 
   compiled(task: TaskName, opts: TaskOptions): { program: Program; taskGraph: TaskGraph } {
     if (opts.precision === undefined && this.defaults.precision && opts.inference && !opts.grads && !opts.training) opts = { ...opts, precision: this.defaults.precision };
-    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks, opts.reRankMargin ?? null, opts.precision ?? 'float32', opts.outputs ?? null, opts.fusedAttention ?? null]);
+    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks, opts.reRankMargin ?? null, opts.precision ?? 'float32', opts.outputs ?? null, opts.fusedAttention ?? null, !!opts.checkpointActivations]);
     let hit = this.programs.get(key);
     if (!hit) {
       this.validate(headOf(task), opts);

@@ -10,6 +10,7 @@ import {
   Tensor,
   add,
   bceWithLogits,
+  checkpoint,
   cast,
   concat,
   constant,
@@ -147,6 +148,12 @@ export interface ForwardOptions {
    * SkipLayerNormalization. Ignored when training or differentiating.
    */
   fusedAttention?: boolean;
+  /**
+   * Activation checkpointing: each encoder layer's intermediates are recomputed in the backward
+   * pass from the layer's input instead of kept from the forward (see `checkpoint` in the
+   * engine). Only graphs that are differentiated are affected.
+   */
+  checkpointLayers?: boolean;
 }
 
 /** The key mask of a batch in both forms: additive [B, 1, 1, Lj] and attn_masks [B, Lj] itself. */
@@ -344,7 +351,7 @@ export function uniterForward(P: Params, cfg: UniterConfig, inp: UniterInputs, o
   opts.capture?.set('embedding_output', x);
   const mask: KeyMask = { additive: extendedMask(inp.attn_masks), keys: inp.attn_masks };
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
-    x = encoderLayer(P, cfg, l, x, mask, opts);
+    x = opts.checkpointLayers && opts.gradients ? checkpoint(x, (h) => encoderLayer(P, cfg, l, h, mask, opts)) : encoderLayer(P, cfg, l, x, mask, opts);
     opts.capture?.set(`encoder_layer_${l}`, x);
   }
   return x;
