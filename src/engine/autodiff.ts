@@ -5,7 +5,7 @@
  * used more than once (tied weights, residual connections).
  */
 import { dimEq } from './dims.js';
-import type { CheckpointRegion, Graph, Tensor } from './graph.js';
+import type { Graph, Segment, Tensor } from './graph.js';
 import { OPS, add, after, concat, isFloat } from './ops.js';
 
 /** Gradients of the scalar `loss` w.r.t. each of `wrt` (null where the loss does not depend on it). */
@@ -54,71 +54,92 @@ export function grad(loss: Tensor, wrt: readonly Tensor[]): Array<Tensor | null>
   };
 
   /**
-   * The backward pass of a checkpointed region: its forward nodes again, from a copy of its input
-   * that exists only once the region's output gradient does (see `after`), then their rules on
-   * the copies. The forward's own intermediates of the region are then used by nothing after it.
+   * The backward pass of a segment. With `recompute`: its forward nodes again, from a copy of its
+   * input that exists only once the segment's output gradient does, then their rules on the
+   * copies (the forward's own intermediates are then used by nothing after the segment). Then the
+   * gradient leaves for the input only after every contribution the segment made to earlier
+   * values (its parameters' gradients): ONNX Runtime would otherwise run those side branches at
+   * the end of the step and keep their inputs, each layer's activations and output gradients,
+   * alive until then.
    */
-  const recompute = (region: CheckpointRegion) => {
-    const { input, start, output } = region;
+  const backwardSegment = (seg: Segment) => {
+    const { input, start, output } = seg;
     for (let id = start; id < output.id; id++) {
-      if (parts.has(id)) throw new Error(`grad: checkpointed region ${start}..${output.id} has a value used outside it (${graph.nodes[id]}); only its output may be`);
+      if (parts.has(id)) throw new Error(`grad: segment ${start}..${output.id} has a value used outside it (${graph.nodes[id]}); only its output may be`);
     }
-    const gate = after(input, total(output.id)!);
-    const copies = new Map<number, Tensor>([[input.id, gate]]);
-    const order: Tensor[] = [gate];
-    const like = (copy: Tensor, of: Tensor) => {
-      if (fromWrt.has(of.id)) fromWrt.add(copy.id);
-      if (toLoss.has(of.id)) toLoss.add(copy.id);
-    };
-    like(gate, input);
-    for (let id = start; id <= output.id; id++) {
-      const n = graph.nodes[id];
-      if (n.op === 'input' || n.op === 'const') continue; // dropout masks and constants are shared, not recomputed
-      const copy = graph.add(n.op, n.inputs.map((x) => copies.get(x.id) ?? x), n.attrs, n.shape, n.dtype);
-      copies.set(id, copy);
-      like(copy, n);
-      order.push(copy);
+    const before = new Map([...parts].map(([id, ps]) => [id, ps.length]));
+    if (seg.recompute) {
+      const gate = after(input, [total(output.id)!]);
+      const copies = new Map<number, Tensor>([[input.id, gate]]);
+      const order: Tensor[] = [gate];
+      const like = (copy: Tensor, of: Tensor) => {
+        if (fromWrt.has(of.id)) fromWrt.add(copy.id);
+        if (toLoss.has(of.id)) toLoss.add(copy.id);
+      };
+      like(gate, input);
+      for (let id = start; id <= output.id; id++) {
+        const n = graph.nodes[id];
+        if (n.op === 'input' || n.op === 'const') continue; // dropout masks and constants are shared, not recomputed
+        const copy = graph.add(n.op, n.inputs.map((x) => copies.get(x.id) ?? x), n.attrs, n.shape, n.dtype);
+        copies.set(id, copy);
+        like(copy, n);
+        order.push(copy);
+      }
+      parts.set(copies.get(output.id)!.id, parts.get(output.id)!);
+      parts.delete(output.id);
+      for (let k = order.length - 1; k >= 0; k--) backward(order[k]);
+    } else {
+      for (let id = output.id; id >= start; id--) backward(graph.nodes[id]);
     }
-    parts.set(copies.get(output.id)!.id, parts.get(output.id)!);
-    parts.delete(output.id);
-    for (let k = order.length - 1; k >= 0; k--) backward(order[k]);
+    const made: Tensor[] = [];
+    // Earlier values, and the parameters first used inside the segment (graph inputs declared there).
+    const outside = (id: number) => id !== input.id && (id < start || (id <= output.id && graph.nodes[id].op === 'input'));
+    for (const [id, ps] of parts) if (outside(id)) made.push(...ps.slice(before.get(id) ?? 0));
+    const g = total(input.id);
+    if (g && made.length) parts.set(input.id, [after(g, made)]);
   };
 
-  const regions = new Map(graph.checkpoints.filter((r) => r.output.id <= loss.id).map((r) => [r.output.id, r]));
+  const segments = new Map(graph.segments.filter((r) => r.output.id <= loss.id).map((r) => [r.output.id, r]));
   parts.set(loss.id, [onesScalar(loss)]);
   for (let i = loss.id; i >= 0; i--) {
-    const region = regions.get(i);
-    if (region && parts.has(i)) {
-      recompute(region);
-      i = region.start; // the region's own nodes are done (through their copies)
+    const seg = segments.get(i);
+    if (seg && parts.has(i)) {
+      backwardSegment(seg);
+      i = seg.start; // the segment's own nodes are done
     } else backward(graph.nodes[i]);
   }
   return wrt.map((t) => total(t.id) ?? null);
 }
 
 /**
- * Activation checkpointing: `body(x)` in the forward pass, with its intermediates recomputed
- * from x in the backward pass instead of kept from the forward (memory of one region's
- * activations at a time instead of all of them, for one more forward of the region). Only the
- * result may be used outside the body; regions do not nest.
+ * `body(x)` as a segment of the trace (see Segment): in the backward pass, its parameters'
+ * gradients are complete before the gradient moves on to x. With `recompute` (activation
+ * checkpointing) its intermediates are recomputed from x in the backward pass instead of kept
+ * from the forward: one segment's activations alive at a time instead of all of them, for one
+ * more forward of the segment. Only the result may be used outside the body; segments do not nest.
  */
-export function checkpoint(x: Tensor, body: (x: Tensor) => Tensor): Tensor {
+export function segment(x: Tensor, body: (x: Tensor) => Tensor, opts: { recompute: boolean }): Tensor {
   const graph = x.graph;
-  if (openRegions.has(graph)) throw new Error('checkpoint: regions do not nest');
+  if (openSegments.has(graph)) throw new Error('segment: segments do not nest');
   const start = graph.nodes.length;
-  openRegions.add(graph);
+  openSegments.add(graph);
   let output: Tensor;
   try {
     output = body(x);
   } finally {
-    openRegions.delete(graph);
+    openSegments.delete(graph);
   }
-  if (output.id >= start) graph.checkpoints.push({ input: x, start, output });
+  if (output.id >= start) graph.segments.push({ input: x, start, output, recompute: opts.recompute });
   return output;
 }
 
-/** Graphs whose trace is inside a checkpoint body now. */
-const openRegions = new WeakSet<Graph>();
+/** Activation checkpointing: a segment recomputed in the backward pass. */
+export function checkpoint(x: Tensor, body: (x: Tensor) => Tensor): Tensor {
+  return segment(x, body, { recompute: true });
+}
+
+/** Graphs whose trace is inside a segment's body now. */
+const openSegments = new WeakSet<Graph>();
 
 /**
  * Gradients of slices that tile their input along one axis (e.g. Q, K and V cut from one fused

@@ -38,14 +38,17 @@ export class Tensor {
 export class ShapeError extends Error {}
 
 /**
- * A checkpointed region of the trace: the nodes from `start` to `output` (a function of `input`,
- * parameters and other earlier values) are not kept for the backward pass but recomputed there
- * from `input` (see `checkpoint` in autodiff.ts).
+ * A segment of the trace (an encoder layer): the nodes from `start` to `output`, a function of
+ * `input`, parameters and other earlier values, only `output` used after it. Its backward pass
+ * finishes the segment's parameter gradients before the gradient moves on to `input`; with
+ * `recompute`, its intermediates are not kept from the forward pass but recomputed there from
+ * `input` (activation checkpointing). See `segment` and `grad` in autodiff.ts.
  */
-export interface CheckpointRegion {
+export interface Segment {
   input: Tensor;
   start: number;
   output: Tensor;
+  recompute: boolean;
 }
 
 export class Graph {
@@ -57,8 +60,8 @@ export class Graph {
   readonly dropoutSites = new Map<string, { keep: number }>();
   /** Symbols defined as an exact quotient of other dims (from reshape's -1). */
   readonly derivedDims = new Map<string, { num: Dim; den: Dim }>();
-  /** Regions recomputed in the backward pass, in trace order. */
-  readonly checkpoints: CheckpointRegion[] = [];
+  /** Segments (see Segment), in trace order. */
+  readonly segments: Segment[] = [];
   private dropoutCount = 0;
 
   constructor(readonly name = 'graph') {}

@@ -286,24 +286,29 @@ OPS.cast = {
 };
 
 /**
- * A copy of x that ONNX Runtime can compute only once `token` exists (x concatenated with an
- * empty slice of token). Recomputation in the backward pass starts from it: the recomputed
- * nodes then neither run before the gradient reaches them nor equal the forward nodes, which the
- * optimizer's common-subexpression elimination would otherwise merge back into the forward pass.
+ * A copy of x that ONNX Runtime computes only once every tensor of `tokens` exists (x
+ * concatenated with an empty slice of each): an order the graph itself states. ONNX Runtime runs
+ * nodes in a depth-first order from the graph outputs, which leaves side branches (a layer's
+ * weight gradients) to the end of the step, keeping their inputs alive; and its optimizer's
+ * common-subexpression elimination merges a recomputation with the forward nodes it repeats
+ * unless the recomputation starts from a different value. See `grad` in autodiff.ts.
  */
-export function after(x: Tensor, token: Tensor): Tensor {
-  if (x.dtype !== token.dtype) shapeError('after', `dtype mismatch ${x.dtype} vs ${token.dtype}`, x.shape, token.shape);
-  return x.graph.add('after', [x, token], {}, x.shape, x.dtype);
+export function after(x: Tensor, tokens: readonly Tensor[]): Tensor {
+  if (tokens.length === 0) return x;
+  return x.graph.add('after', [x, ...tokens], {}, x.shape, x.dtype);
 }
 OPS.after = {
   emit: (ctx, t) => {
     const flat = ctx.consti64([-1]);
     const none = ctx.consti64([0]);
-    const empty = ctx.node('Slice', [ctx.node('Reshape', [ctx.input(t, 1), flat]), none, none, none]);
-    const joined = ctx.node('Concat', [ctx.node('Reshape', [ctx.input(t, 0), flat]), empty], { axis: A.i(0) });
+    const empties = t.inputs.slice(1).map((tok, k) => {
+      const e = ctx.node('Slice', [ctx.node('Reshape', [ctx.input(t, k + 1), flat]), none, none, none]);
+      return tok.dtype === t.dtype ? e : ctx.node('Cast', [e], { to: A.i(onnxType(t.dtype)) });
+    });
+    const joined = ctx.node('Concat', [ctx.node('Reshape', [ctx.input(t, 0), flat]), ...empties], { axis: A.i(0) });
     return ctx.node('Reshape', [joined, ctx.node('Shape', [ctx.input(t, 0)])]);
   },
-  grad: (_t, g) => [g, null],
+  grad: (t, g) => [g, ...t.inputs.slice(1).map(() => null)],
 };
 
 /** Identity in the forward pass; blocks gradients (used for the detached IPOT plan). */

@@ -10,7 +10,6 @@ import {
   Tensor,
   add,
   bceWithLogits,
-  checkpoint,
   cast,
   concat,
   constant,
@@ -42,6 +41,7 @@ import {
   relu,
   reshape,
   scalar,
+  segment,
   scatterAdd,
   sigmoid,
   slice,
@@ -351,7 +351,8 @@ export function uniterForward(P: Params, cfg: UniterConfig, inp: UniterInputs, o
   opts.capture?.set('embedding_output', x);
   const mask: KeyMask = { additive: extendedMask(inp.attn_masks), keys: inp.attn_masks };
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
-    x = opts.checkpointLayers && opts.gradients ? checkpoint(x, (h) => encoderLayer(P, cfg, l, h, mask, opts)) : encoderLayer(P, cfg, l, x, mask, opts);
+    // In gradient graphs each layer is a segment: its backward finishes its weight gradients before moving on (and recomputes its forward when checkpointing).
+    x = opts.gradients ? segment(x, (h) => encoderLayer(P, cfg, l, h, mask, opts), { recompute: !!opts.checkpointLayers }) : encoderLayer(P, cfg, l, x, mask, opts);
     opts.capture?.set(`encoder_layer_${l}`, x);
   }
   return x;

@@ -103,11 +103,11 @@ test('checkpoint: gradients equal the plain graph; a value used outside the regi
   const feeds = { x: f32([2, 3], Array.from({ length: 6 }, () => rng.normal())), w: f32([3, 3], Array.from({ length: 9 }, () => rng.normal())) };
   const a = build(false);
   const b = build(true);
-  assert.equal(b.g.checkpoints.length, 1);
+  assert.equal(b.g.segments.length, 1);
   const oa = await compile(a.g, a.outputs).run(feeds);
   const ob = await compile(b.g, b.outputs).run(feeds);
   for (const k of ['loss', 'gw', 'gx']) assert.ok(maxDiff(oa.get(k)!, ob.get(k)!) <= 1e-6, k);
-  assert.throws(() => build(true, true), /checkpointed region .* used outside it/);
+  assert.throws(() => build(true, true), /segment .* used outside it/);
   assert.throws(() => checkpoint(a.outputs.loss, (h) => checkpoint(h, (z) => tanh(z))), /do not nest/);
 });
 
