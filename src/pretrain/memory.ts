@@ -12,8 +12,9 @@
  *                of T joint tokens (padding included) in sequences up to L:
  *                  masks   T layers (2 H + heads L)          dropout keep-masks, one byte each
  *                  layers  4 T ACT_FACTOR layers (10 H + 2 I + 2 heads L)
- *                          with checkpoint_activations: 4 T (layers H + ACT_FACTOR (10 H + 2 I + 2 heads L)),
- *                          each layer's input kept and one layer's intermediates at a time
+ *                          with checkpoint_activations: 4 T (layers H + RECOMPUTED ACT_FACTOR (10 H + 2 I + 2 heads L)),
+ *                          each layer's input kept, and the intermediates of the layer being
+ *                          recomputed with its backward pass's temporaries
  *                  heads   4 T HEAD_FACTOR (2 img_dim + 0.15 vocab)   region features; MLM logits
  *                or the validation batch's forward, whichever is larger
  *   runtime      Node, ONNX Runtime, the compiled graphs and the data readers: RUNTIME_BYTES
@@ -37,6 +38,8 @@ export const MEMORY_ESTIMATE_MARGIN = 0.2;
  * graphs + readers.
  */
 const ACT_FACTOR = 3;
+/** Layers' worth of activations alive at once with checkpointing (one recomputed layer and its backward's temporaries). */
+const RECOMPUTED = 2.1;
 const HEAD_FACTOR = 2.2;
 const VAL_FACTOR = 0.5;
 const RUNTIME_BYTES = 200 * 2 ** 20;
@@ -125,7 +128,7 @@ export function estimateTrainingMemory(input: TrainingMemoryInput): MemoryEstima
   const perTokenHeads = 2 * c.img_dim + (input.vocabularyHead ? 0.15 * c.vocab_size : 0);
   // Dropout keep-masks are graph inputs, alive for the whole step: two [T, H] and one [T, heads L] per layer, a byte each.
   const masks = c.hidden_dropout_prob > 0 || c.attention_probs_dropout_prob > 0 ? T * layers * (2 * H + c.num_attention_heads * L) : 0;
-  const layerActivations = input.checkpointActivations ? F32 * T * (layers * H + ACT_FACTOR * perTokenLayer) : F32 * T * ACT_FACTOR * layers * perTokenLayer;
+  const layerActivations = input.checkpointActivations ? F32 * T * (layers * H + RECOMPUTED * ACT_FACTOR * perTokenLayer) : F32 * T * ACT_FACTOR * layers * perTokenLayer;
   const train = masks + layerActivations + F32 * T * HEAD_FACTOR * perTokenHeads;
   // Validation runs forward only: about one layer's tensors live at a time.
   const Tv = Math.max(input.valTokens, L);
