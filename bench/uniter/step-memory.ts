@@ -7,7 +7,7 @@
  *   npm run build && node dist/bench/uniter/step-memory.js [--layers 4] [--task mlm|itm]
  *        [--examples 52] [--checkpoint-activations] [--session-options JSON] [--worker PATH]
  *
-* checkpoint_activations in the output is what the worker reports (older builds know no such option).
+ * checkpoint_activations in the output is what the worker reports (older builds know no such option).
  * --worker runs another build's worker (e.g. a copy of an older commit's dist/) on the same batch.
  * The environment is passed on, so allocator settings (MALLOC_MMAP_THRESHOLD_=131072) can be tried.
  * Prints one JSON line.
