@@ -538,7 +538,7 @@ async function memoryScenario(ctx: Context, files: BatchFiles): Promise<MemoryRe
   const itm = trainCase(files, 'itm', o.train);
   const plan = [mlm, itm, mlm, itm];
   const sides: Array<{ label: string; experiment: boolean; start: () => Promise<{ server: Server; ready: Record<string, unknown> }> }> = [
-    { label: 'engine (as shipped)', experiment: false, start: () => startEngine(ctx) },
+    { label: o.checkpointActivations ? 'engine with checkpoint_activations' : 'engine (as shipped)', experiment: false, start: () => startEngine(ctx) },
     ...o.memoryVariants.map((v) => ({ label: `engine with ORT session options ${v}`, experiment: true, start: () => startEngine(ctx, v, `engine worker ${v}`) })),
     ...o.torchSettings.map((s) => ({ label: `PyTorch ${settingLabel(s)}`, experiment: false, start: () => startTorch(ctx, s) })),
   ];
