@@ -2,7 +2,9 @@
  * Reverse-mode automatic differentiation over the traced graph. Gradients are built as more
  * graph nodes (so the backward pass runs in the same ONNX session as the forward pass), only
  * for nodes that lie on a path from a requested input to the loss, and summed where a value is
- * used more than once (tied weights, residual connections).
+ * used more than once (tied weights, residual connections). Segments of the trace (encoder
+ * layers) order the backward pass so that ONNX Runtime frees each layer's activations as it
+ * goes, and may be recomputed instead of kept (activation checkpointing); see `segment`.
  */
 import { dimEq } from './dims.js';
 import type { Graph, Segment, Tensor } from './graph.js';
