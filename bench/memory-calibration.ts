@@ -3,7 +3,7 @@
  * runs `uniter pretrain` on the synthetic world for a few steps at several model and batch sizes,
  * each in a fresh process, and compares its peak RSS (getrusage maxrss) with the estimate.
  *
- *   npm run build && node dist/bench/memory-calibration.js [--quick]
+ *   npm run build && node dist/bench/memory-calibration.js [--quick | --runs NAME,NAME]
  *
  * Prints one row per run and the largest relative error.
  */
@@ -29,6 +29,8 @@ export interface CalibrationRun {
   valBatchTokens: number;
   steps: number;
   tasks: PretrainTask[];
+  /** Train with activation checkpointing (config checkpoint_activations). */
+  checkpointActivations?: boolean;
 }
 
 export interface CalibrationResult {
@@ -61,6 +63,7 @@ export function measureRun(dir: string, world: string, run: CalibrationRun): Cal
     num_train_steps: run.steps,
     valid_steps: run.steps,
     seed: 1,
+    checkpoint_activations: run.checkpointActivations ?? false,
   };
   const cfgFile = path.join(dir, `${run.name}.json`);
   fs.writeFileSync(cfgFile, JSON.stringify(cfg));
@@ -74,7 +77,7 @@ export function measureRun(dir: string, world: string, run: CalibrationRun): Cal
   const maxSeqLen = longestSequence([{ img }], 60);
   img.close();
   const model: UniterConfig = { ...PRESETS.tiny, vocab_size: 28996, ...run.model };
-  const e = estimatePretrainMemory({ model, tasks: run.tasks, trainBatchTokens: run.trainBatchTokens, valBatchTokens: run.valBatchTokens, accumulation: 1, maxSeqLen });
+  const e = estimatePretrainMemory({ model, tasks: run.tasks, trainBatchTokens: run.trainBatchTokens, valBatchTokens: run.valBatchTokens, accumulation: 1, maxSeqLen, checkpointActivations: run.checkpointActivations });
   if (process.env.MEMCAL_VERBOSE) console.error(run.name, JSON.stringify({ ...e.bytes, P: e.parameters, T: e.tokens, L: e.seqLen, measured }));
   return { run, estimate: e.bytes.total, measured, error: measured / e.bytes.total - 1 };
 }
@@ -86,13 +89,19 @@ export const CALIBRATION_RUNS: CalibrationRun[] = [
   { name: 'small-h256-l4', model: { hidden_size: 256, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024 }, trainBatchTokens: 2048, valBatchTokens: 4096, steps: 4, tasks: ALL },
   { name: 'small-h512-l4-4k', model: { hidden_size: 512, num_hidden_layers: 4, num_attention_heads: 8, intermediate_size: 2048 }, trainBatchTokens: 4096, valBatchTokens: 4096, steps: 4, tasks: ALL },
   { name: 'h768-l6-4k', model: { hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072 }, trainBatchTokens: 4096, valBatchTokens: 4096, steps: 4, tasks: ALL },
+  { name: 'small-h256-l4-ckpt', model: { hidden_size: 256, num_hidden_layers: 4, num_attention_heads: 4, intermediate_size: 1024 }, trainBatchTokens: 2048, valBatchTokens: 4096, steps: 4, tasks: ALL, checkpointActivations: true },
+  { name: 'small-h512-l4-4k-ckpt', model: { hidden_size: 512, num_hidden_layers: 4, num_attention_heads: 8, intermediate_size: 2048 }, trainBatchTokens: 4096, valBatchTokens: 4096, steps: 4, tasks: ALL, checkpointActivations: true },
+  { name: 'h768-l6-4k-ckpt', model: { hidden_size: 768, num_hidden_layers: 6, num_attention_heads: 12, intermediate_size: 3072 }, trainBatchTokens: 4096, valBatchTokens: 4096, steps: 4, tasks: ALL, checkpointActivations: true },
 ];
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'uniter-memcal-'));
   try {
     const world = calibrationWorld(dir);
-    const runs = process.argv.includes('--quick') ? CALIBRATION_RUNS.slice(0, 2) : CALIBRATION_RUNS;
+    const only = process.argv.indexOf('--runs');
+    const names = only > 0 ? (process.argv[only + 1] ?? '').split(',') : null;
+    const runs = names ? CALIBRATION_RUNS.filter((r) => names.includes(r.name)) : process.argv.includes('--quick') ? CALIBRATION_RUNS.slice(0, 2) : CALIBRATION_RUNS;
+    if (names && runs.length !== names.length) throw new Error(`--runs: unknown run name in '${names.join(',')}' (known: ${CALIBRATION_RUNS.map((r) => r.name).join(', ')})`);
     let worst = 0;
     console.log('| run | estimate | measured peak RSS | measured / estimate - 1 |\n|---|---|---|---|');
     for (const run of runs) {

@@ -25,6 +25,7 @@
  *        [--scaling-batches 8,16,32,64] [--scaling-regions 36,100] [--scaling-examples 32]
  *        [--sequential-training] [--infer-experiments] [--no-int8] [--memory-variants '{"enableCpuMemArena":true}' | none]
  *        [--min-available-gib 1.5] [--engine-session-options JSON]   (an experiment: every engine process)
+ *        [--checkpoint-activations]   (every engine process trains with activation checkpointing)
  *
  * A torch setting "AxB" means torch.set_num_threads(A) with OPENBLAS_NUM_THREADS=B; with several,
  * every scenario runs against each and ratios use the fastest. Requests alternate between the
@@ -71,6 +72,8 @@ interface Options {
   parity: boolean;
   /** Extra ONNX Runtime session options for the engine worker (an experiment; default none). */
   engineSessionOptions: string | null;
+  /** Every engine process trains with activation checkpointing (config checkpoint_activations). */
+  checkpointActivations: boolean;
   /** Engine variants (ORT session options, JSON) the memory scenario also measures, as experiments. */
   memoryVariants: string[];
   /** Also time inference from a graph with the weights baked in (an experiment, labelled so). */
@@ -106,6 +109,7 @@ function parseOptions(argv: string[], root: string): Options {
     parity: true,
     parityOnly: false,
     engineSessionOptions: null,
+    checkpointActivations: false,
     memoryVariants: [],
     sequentialTraining: false,
     inferExperiments: false,
@@ -144,6 +148,7 @@ function parseOptions(argv: string[], root: string): Options {
       case '--python': if (!v) throw new Error('bench/uniter: --python needs a path'); o.python = v; i++; break;
       case '--out': if (!v) throw new Error('bench/uniter: --out needs a path'); o.out = path.resolve(v); i++; break;
       case '--no-parity': o.parity = false; break;
+      case '--checkpoint-activations': o.checkpointActivations = true; break;
       case '--parity-only': o.parityOnly = true; break;
       case '--sequential-training': o.sequentialTraining = true; break;
       case '--infer-experiments': o.inferExperiments = true; break;
@@ -372,7 +377,7 @@ interface Context {
 
 async function startEngine(ctx: Context, sessionOptions = ctx.o.engineSessionOptions, label = 'engine worker'): Promise<{ server: Server; ready: Record<string, unknown> }> {
   const o = ctx.o;
-  const extra = sessionOptions ? ['--session-options', sessionOptions] : [];
+  const extra = [...(sessionOptions ? ['--session-options', sessionOptions] : []), ...(o.checkpointActivations ? ['--checkpoint-activations', '1'] : [])];
   const started = await Server.start(label, process.execPath, [WORKER, 'serve', '--layers', String(o.layers), '--threads', String(o.ortThreads), ...extra]);
   ctx.guard.watch(started.server);
   return started;
@@ -533,7 +538,7 @@ async function memoryScenario(ctx: Context, files: BatchFiles): Promise<MemoryRe
   const itm = trainCase(files, 'itm', o.train);
   const plan = [mlm, itm, mlm, itm];
   const sides: Array<{ label: string; experiment: boolean; start: () => Promise<{ server: Server; ready: Record<string, unknown> }> }> = [
-    { label: 'engine (as shipped)', experiment: false, start: () => startEngine(ctx) },
+    { label: o.checkpointActivations ? 'engine with checkpoint_activations' : 'engine (as shipped)', experiment: false, start: () => startEngine(ctx) },
     ...o.memoryVariants.map((v) => ({ label: `engine with ORT session options ${v}`, experiment: true, start: () => startEngine(ctx, v, `engine worker ${v}`) })),
     ...o.torchSettings.map((s) => ({ label: `PyTorch ${settingLabel(s)}`, experiment: false, start: () => startTorch(ctx, s) })),
   ];
@@ -754,6 +759,7 @@ async function main(): Promise<void> {
       training_mode: o.sequentialTraining ? 'sequential' : 'interleaved',
       ort_threads: o.ortThreads,
       engine_session_options: o.engineSessionOptions ? (JSON.parse(o.engineSessionOptions) as unknown) : null,
+      engine_checkpoint_activations: o.checkpointActivations,
       torch_settings: o.torchSettings.map(settingLabel),
       torch_setting_meaning: 'AxB = torch.set_num_threads(A), OPENBLAS_NUM_THREADS=B',
       peak_rss: "max RSS of each side's process (fresh processes per training task and per scenario; includes warm-up)",

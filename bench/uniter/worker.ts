@@ -2,7 +2,7 @@
  * The engine side of the UNITER benchmark, in its own process so that its peak RSS belongs to
  * the benchmark alone. `run.ts` spawns it; torch_uniter.py answers the same protocol.
  *
- *   node dist/bench/uniter/worker.js serve [--layers 12] [--threads 2] [--seed 1] [--session-options JSON]
+ *   node dist/bench/uniter/worker.js serve [--layers 12] [--threads 2] [--seed 1] [--session-options JSON] [--checkpoint-activations 1]
  *        Builds the base model (AdamW, lr 5e-5, betas (0.9, 0.98), eps 1e-6, decay 0.01; clip 5),
  *        prints {"ready": ...}, then answers one JSON line per request line:
  *          {"op":"train","task":"mlm"|"itm","batch":FILE}  forward + backward (dropout 0.1, WRA
@@ -128,8 +128,9 @@ class EngineTrainer {
     params: Map<string, HostTensor>,
     private readonly threads: number,
     private readonly seed: number,
+    checkpointActivations: boolean,
   ) {
-    this.runner = new UniterRunner(cfg, params, threads);
+    this.runner = new UniterRunner(cfg, params, threads, { checkpointActivations });
     const values = new Map<string, Float32Array>();
     const shapes = new Map<string, number[]>();
     for (const [k, v] of params) {
@@ -185,7 +186,8 @@ async function serve(opts: Options): Promise<void> {
   const seed = intOpt(opts, 'seed', 1);
   const t0 = performance.now();
   const params = freshParams(cfg, seed);
-  const trainer = new EngineTrainer(cfg, params, threads, seed);
+  const checkpointActivations = opts.get('checkpoint-activations') === '1';
+  const trainer = new EngineTrainer(cfg, params, threads, seed, checkpointActivations);
   const ipotRun = ipotProgram(threads);
   const gemm = new GemmProbe(threads);
   const say = (o: unknown) => process.stdout.write(`${JSON.stringify(o)}\n`);
@@ -202,6 +204,7 @@ async function serve(opts: Options): Promise<void> {
     config: cfg,
     threads,
     session_options: sessionOptions ? JSON.parse(sessionOptions) : null,
+    checkpoint_activations: checkpointActivations,
     parameters: [...params.values()].reduce((s, t) => s + t.data.length, 0),
     init_s: (performance.now() - t0) / 1000,
   });

@@ -10,8 +10,9 @@ import { setDefaultThreads } from '../engine/runtime.js';
 import { parseConfig, type UniterConfig } from '../model/config.js';
 import type { LoadReport } from '../model/load.js';
 import { DEFAULT_MODEL, loadFinetuneConfig, parseFinetuneConfig, type FinetuneConfig } from '../finetune/defaults.js';
-import { defaultWorldChoice, getTask, openTaskData, taskRegistry, type DataPaths, type TaskDefinition } from '../finetune/task-registry.js';
+import { defaultWorldChoice, finetuneMemoryInput, getTask, openTaskData, taskRegistry, type DataPaths, type TaskDefinition } from '../finetune/task-registry.js';
 import type { WorldOptions } from '../data/world.js';
+import { checkTrainingMemory, memoryLimitFrom } from '../pretrain/memory.js';
 import { DEFAULT_PRETRAIN_RUN, RESULTS_DIR, configNextToWeights, finetune, initialFinetuneParams, resolveWeightsPath, type FinetuneResult } from '../finetune/trainer.js';
 import { writeTrainingReport } from '../report/training.js';
 import { UsageError, formatMetrics, guard, intFlag, parseArgs, printJsonLine, sayer } from './common.js';
@@ -74,6 +75,8 @@ export async function runFinetune(argv: string[], say: (m: string) => void = (m)
   try {
     tell(`data: ${data.describe}${fallback ? `: ${fallback.why}` : ''} (loaded in ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
     const plan = task.plan(base, config.options, data, config.settings.seed);
+    // Refuse a run that cannot fit before the initial parameters take their share (MemoryLimitError).
+    checkTrainingMemory(finetuneMemoryInput(task, plan, config.settings, config.options, data), memoryLimitFrom(undefined));
     const init = initialFinetuneParams(plan.cfg, plan.head, plan.headOptions, config.settings.seed, weights, plan.hooks);
     if (init.report) tell(describeLoad(init.report));
     const s = config.settings;

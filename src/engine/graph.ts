@@ -37,6 +37,20 @@ export class Tensor {
 
 export class ShapeError extends Error {}
 
+/**
+ * A segment of the trace (an encoder layer): the nodes from `start` to `output`, a function of
+ * `input`, parameters and other earlier values, only `output` used after it. Its backward pass
+ * finishes the segment's parameter gradients before the gradient moves on to `input`; with
+ * `recompute`, its intermediates are not kept from the forward pass but recomputed there from
+ * `input` (activation checkpointing). See `segment` and `grad` in autodiff.ts.
+ */
+export interface Segment {
+  input: Tensor;
+  start: number;
+  output: Tensor;
+  recompute: boolean;
+}
+
 export class Graph {
   readonly nodes: Tensor[] = [];
   readonly inputs = new Map<string, Tensor>();
@@ -46,6 +60,8 @@ export class Graph {
   readonly dropoutSites = new Map<string, { keep: number }>();
   /** Symbols defined as an exact quotient of other dims (from reshape's -1). */
   readonly derivedDims = new Map<string, { num: Dim; den: Dim }>();
+  /** Segments (see Segment), in trace order. */
+  readonly segments: Segment[] = [];
   private dropoutCount = 0;
 
   constructor(readonly name = 'graph') {}
@@ -74,11 +90,14 @@ export class Graph {
     return this.inputs.get(name) ?? this.input(name, 'float32', shape, 'param');
   }
 
-  /** A fresh float mask input for dropout, shaped like `like`; the runtime feeds 0/1 values. */
+  /**
+   * A fresh keep-mask input for dropout, shaped like `like`: bool (one byte per element, a
+   * quarter of a float mask's memory, in the graph and on the host); the runtime fills it.
+   */
   dropoutMask(like: Tensor, keep: number): Tensor {
     const name = `dropout_mask_${this.dropoutCount++}`;
     this.dropoutSites.set(name, { keep });
-    return this.input(name, like.dtype, like.shape, 'dropout');
+    return this.input(name, 'bool', like.shape, 'dropout');
   }
 
   /** A new symbol equal to num / den at run time. */

@@ -3,7 +3,7 @@ export * from './dims.js';
 export * from './graph.js';
 export * from './host.js';
 export * from './ops.js';
-export { grad } from './autodiff.js';
+export { checkpoint, grad, segment } from './autodiff.js';
 export { emitOnnx, OPSET } from './onnx.js';
 export type { EmittedModel, EmitOptions } from './onnx.js';
 export { compile, Program, setDefaultThreads, setSessionSettings, sessionStats } from './runtime.js';

@@ -285,6 +285,32 @@ OPS.cast = {
   grad: (t, g) => [isFloat(t.inputs[0].dtype) ? cast(g, t.inputs[0].dtype) : null],
 };
 
+/**
+ * A copy of x that ONNX Runtime computes only once every tensor of `tokens` exists (x
+ * concatenated with an empty slice of each): an order the graph itself states. ONNX Runtime runs
+ * nodes in a depth-first order from the graph outputs, which leaves side branches (a layer's
+ * weight gradients) to the end of the step, keeping their inputs alive; and its optimizer's
+ * common-subexpression elimination merges a recomputation with the forward nodes it repeats
+ * unless the recomputation starts from a different value. See `grad` in autodiff.ts.
+ */
+export function after(x: Tensor, tokens: readonly Tensor[]): Tensor {
+  if (tokens.length === 0) return x;
+  return x.graph.add('after', [x, ...tokens], {}, x.shape, x.dtype);
+}
+OPS.after = {
+  emit: (ctx, t) => {
+    const flat = ctx.consti64([-1]);
+    const none = ctx.consti64([0]);
+    const empties = t.inputs.slice(1).map((tok, k) => {
+      const e = ctx.node('Slice', [ctx.node('Reshape', [ctx.input(t, k + 1), flat]), none, none, none]);
+      return tok.dtype === t.dtype ? e : ctx.node('Cast', [e], { to: A.i(onnxType(t.dtype)) });
+    });
+    const joined = ctx.node('Concat', [ctx.node('Reshape', [ctx.input(t, 0), flat]), ...empties], { axis: A.i(0) });
+    return ctx.node('Reshape', [joined, ctx.node('Shape', [ctx.input(t, 0)])]);
+  },
+  grad: (t, g) => [g, ...t.inputs.slice(1).map(() => null)],
+};
+
 /** Identity in the forward pass; blocks gradients (used for the detached IPOT plan). */
 export function stopGradient(x: Tensor): Tensor {
   return x.graph.add('stopGradient', [x], {}, x.shape, x.dtype);
@@ -769,8 +795,23 @@ OPS.gelu = {
 /** Inverted dropout with a mask the runtime draws from (seed, step); identity when not training. */
 export function dropout(x: Tensor, p: number, training: boolean): Tensor {
   if (!training || p <= 0) return x;
-  return mul(x, x.graph.dropoutMask(x, 1 - p));
+  return maskedScale(x, x.graph.dropoutMask(x, 1 - p), 1 / (1 - p));
 }
+
+/**
+ * mask ? x * scale : 0 for a bool mask shaped like x. Its own gradient rule (the same op on the
+ * gradient), so the backward keeps only the byte mask: the values are those of x times a float
+ * mask of 0 / scale (the product rounds once either way).
+ */
+export function maskedScale(x: Tensor, mask: Tensor, scale: number): Tensor {
+  if (mask.dtype !== 'bool') shapeError('maskedScale', `mask must be bool, got ${mask.dtype}`, x.shape, mask.shape);
+  if (mask.rank !== x.rank || mask.shape.some((d, i) => dimsConflict(d, x.shape[i]))) shapeError('maskedScale', 'mask must be shaped like the input', x.shape, mask.shape);
+  return x.graph.add('maskedScale', [x, mask], { scale }, x.shape, x.dtype);
+}
+OPS.maskedScale = {
+  emit: (ctx, t) => ctx.node('Where', [ctx.input(t, 1), ctx.node('Mul', [ctx.input(t, 0), ctx.scalar(t.attrs.scale as number, t.dtype)]), ctx.scalar(0, t.dtype)]),
+  grad: (t, g) => [maskedScale(g, t.inputs[1], t.attrs.scale as number), null],
+};
 
 /** Per-row cross entropy of logits [N, C] against integer targets [N]. */
 export function crossEntropy(logits: Tensor, targets: Tensor): Tensor {

@@ -133,7 +133,7 @@ export class Program {
       const shape = m.shape.map((d) => evalDim(d, allSymbols));
       const site = this.graph.dropoutSites.get(m.name);
       if (!site) throw new Error(`run: unknown dropout site ${m.name}`);
-      ortFeeds[m.name] = toOrt({ dtype: 'float32', shape, data: dropoutMask(numel(shape), site.keep, m.name, dropout) });
+      ortFeeds[m.name] = toOrt({ dtype: 'bool', shape, data: dropoutMask(numel(shape), site.keep, m.name, dropout) });
     }
     const session = await this.session();
     const t1 = performance.now();
@@ -150,10 +150,11 @@ export class Program {
   }
 }
 
-function dropoutMask(n: number, keep: number, site: string, seed?: DropoutSeed): Float32Array {
-  const out = new Float32Array(n);
+/** Keep-mask of one dropout site: 1 where an element is kept (probability `keep`), 0 elsewhere. */
+export function dropoutMask(n: number, keep: number, site: string, seed?: DropoutSeed): Uint8Array {
   if (!seed) throw new Error(`run: graph has dropout site ${site} but no dropout seed was given (pass {seed, step})`);
-  new Rng(seed.seed, 'dropout', seed.step, site).fillThreshold(out, keep * 4294967296, 1 / keep);
+  const out = new Uint8Array(n);
+  new Rng(seed.seed, 'dropout', seed.step, site).fillThreshold(out, keep * 4294967296, 1);
   return out;
 }
 

@@ -111,7 +111,7 @@ const SETTING_FIELDS: Record<string, keyof FinetuneSettings> = {
 };
 const INT_SETTINGS = new Set<keyof FinetuneSettings>(['trainBatchTokens', 'valBatchSize', 'accumulation', 'warmupSteps', 'steps', 'validEvery', 'saveEvery', 'keepCheckpoints', 'logEvery', 'seed', 'maxTxtLen']);
 const DATA_FIELDS = ['train_txt_dbs', 'train_img_dbs', 'train_txt_db', 'train_img_db', 'val_txt_db', 'val_img_db', 'test_txt_db', 'test_img_db', 'ans2label', 'conf_th', 'max_bb', 'min_bb', 'num_bb', 'data'];
-const OTHER_FIELDS = ['checkpoint', 'model_config', 'output_dir', 'optim', 'betas'];
+const OTHER_FIELDS = ['checkpoint', 'model_config', 'output_dir', 'optim', 'betas', 'checkpoint_activations'];
 const IGNORED_FIELDS = ['fp16', 'n_workers', 'pin_mem', 'compressed_db', 'checkpoint_from'];
 
 /**
@@ -144,6 +144,10 @@ export function parseFinetuneConfig(c: Record<string, unknown>, task: TaskDefini
     const b = c.betas;
     if (!Array.isArray(b) || b.length !== 2 || !b.every((x) => typeof x === 'number' && x >= 0 && x < 1)) issues.push(`field 'betas' must be two numbers in [0, 1), got ${JSON.stringify(b)}`);
     else settings.betas = [b[0] as number, b[1] as number];
+  }
+  if (c.checkpoint_activations !== undefined) {
+    if (typeof c.checkpoint_activations !== 'boolean') issues.push(`field 'checkpoint_activations' must be true or false, got ${JSON.stringify(c.checkpoint_activations)}`);
+    else settings.checkpointActivations = c.checkpoint_activations;
   }
   // Checkpoints follow the validations unless the config says otherwise (as the official ModelSaver).
   if (c.save_steps === undefined) settings.saveEvery = settings.validEvery;

@@ -353,6 +353,8 @@ export const reTask: TaskDefinition = {
     const o = reOptions(options, 're options');
     return { cfg: base, head: o.mlp === 1 ? 're_mlp1' : 're_mlp2', headOptions: {}, hooks: {} };
   },
+  // The batch sizes count examples (one row each), as the official train/val_batch_size do.
+  batchRows: (settings) => ({ train: settings.trainBatchTokens, val: settings.valBatchSize }),
   job({ data, settings, options }) {
     const o = reOptions(options, 're options');
     if (data.train.length !== 1) throw new Error(`re: expected one training txt_db, got ${data.train.length}`);

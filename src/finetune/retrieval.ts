@@ -695,6 +695,11 @@ export const retrievalTask: TaskDefinition = {
   defaultSettings: retrievalDefaultSettings,
   checkOptions: (options, source) => void retrievalOptions(options, source),
   plan: (base) => ({ cfg: base, head: 'retrieval', headOptions: {}, hooks: retrievalHooks() }),
+  // train_batch_size counts captions, each trained on sampleSize rows; val_batch_size counts rows.
+  batchRows(settings, options) {
+    const o = retrievalOptions(options, 'retrieval options');
+    return { train: settings.trainBatchTokens * (o.hardNegatives ? o.hardNegSize + 1 : 3), val: settings.valBatchSize };
+  },
   job({ data, settings, options }) {
     const o = retrievalOptions(options, 'retrieval options');
     if (data.train.length !== 1) throw new Error(`retrieval: expected one training txt_db, got ${data.train.length}`);

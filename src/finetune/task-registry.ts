@@ -28,6 +28,7 @@ import { vcrTask } from './vcr.js';
 import { veTask } from './ve.js';
 import { vqaTask } from './vqa.js';
 import { readJsonFile } from '../util/json.js';
+import { longestSequence, parameterCount, type TrainingMemoryInput } from '../pretrain/memory.js';
 
 // ---------------------------------------------------------------------------------------------
 // Data
@@ -410,8 +411,36 @@ export interface TaskDefinition {
   /** `seed` draws any new rows the surgery adds (VCR's extra word embeddings). */
   plan(base: UniterConfig, options: TaskOptionValues, data: TaskData, seed: number): ModelPlan;
   job(ctx: JobContext): FinetuneJob;
+  /**
+   * Rows (sequences) of the largest training micro-batch and validation batch where the task's
+   * batch sizes count rows or examples rather than tokens (retrieval, RE, VCR validation): the
+   * memory check then takes rows x the longest sequence as the batch's tokens.
+   */
+  batchRows?(settings: FinetuneSettings, options: TaskOptionValues): { train?: number; val?: number };
   /** Score one split with trained weights (the head variant is read from the runner's parameters). */
   evaluate(runner: UniterRunner, ctx: EvaluateContext): Promise<Evaluation>;
+}
+
+/**
+ * The memory check's view of a fine-tuning run (see pretrain/memory.ts): the task model's
+ * parameters, the encoder dropout of the settings, and the largest batches in joint tokens
+ * (train_batch_size tokens, or rows x the longest sequence of the training images).
+ */
+export function finetuneMemoryInput(task: TaskDefinition, plan: ModelPlan, s: FinetuneSettings, options: TaskOptionValues, data: TaskData): TrainingMemoryInput {
+  const L = longestSequence(data.train.flatMap((d) => (d.gtImg ? [{ img: d.img }, { img: d.gtImg }] : [{ img: d.img }])), s.maxTxtLen);
+  const rows = task.batchRows?.(s, options) ?? {};
+  return {
+    run: 'fine-tuning',
+    model: { ...plan.cfg, hidden_dropout_prob: s.dropout, attention_probs_dropout_prob: s.dropout },
+    parameters: parameterCount(plan.cfg, plan.head, plan.headOptions),
+    trainTokens: rows.train !== undefined ? rows.train * L : Math.max(s.trainBatchTokens, L),
+    valTokens: rows.val !== undefined ? rows.val * L : Math.max(s.valBatchSize, L),
+    seqLen: L,
+    accumulation: s.accumulation,
+    vocabularyHead: false,
+    checkpointActivations: s.checkpointActivations ?? false,
+    batchFields: `train_batch_size ${s.trainBatchTokens}, val_batch_size ${s.valBatchSize}`,
+  };
 }
 
 /** The tasks of `uniter finetune` / `uniter evaluate`, by name. */

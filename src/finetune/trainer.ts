@@ -190,7 +190,7 @@ export async function finetune(opts: FinetuneOptions): Promise<FinetuneResult> {
   fs.mkdirSync(outDir, { recursive: true });
   const cfg = withDropout(opts.modelConfig, s.dropout);
   const params = opts.params;
-  const runner = new UniterRunner(cfg, params, opts.threads);
+  const runner = new UniterRunner(cfg, params, opts.threads, { checkpointActivations: s.checkpointActivations });
   runner.validate(job.graphTask as HeadName, { training: true, grads: true, ...job.graphOptions });
   const values = new Map<string, Float32Array>();
   const shapes = new Map<string, number[]>();

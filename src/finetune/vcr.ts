@@ -190,6 +190,8 @@ export const vcrTask: TaskDefinition = {
       },
     };
   },
+  // Validation batches count questions, each scored on up to 20 rows (answers, rationales).
+  batchRows: (settings) => ({ val: settings.valBatchSize * 20 }),
   job({ data, settings }) {
     const parts = data.train.flatMap((s) => [
       new VcrDataset(withLengthTable(s, 'id2len_qa.json'), imagesOf(s), { task: 'qa' }),

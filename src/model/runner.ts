@@ -18,6 +18,16 @@ export interface RunOptions extends TaskOptions {
   timings?: RunTimings;
 }
 
+export interface RunnerDefaults {
+  /**
+   * Precision of inference runs that do not name one (`uniter evaluate --int8`): 'int8' makes
+   * every inference graph of this runner quantized. Training graphs are always float32.
+   */
+  precision?: Precision;
+  /** Activation checkpointing for every gradient graph that does not set it (config `checkpoint_activations`). */
+  checkpointActivations?: boolean;
+}
+
 export class UniterRunner {
   private readonly programs = new Map<string, { program: Program; taskGraph: TaskGraph }>();
   /**
@@ -33,10 +43,9 @@ export class UniterRunner {
     readonly params: Map<string, HostTensor>,
     private readonly threads?: number,
     /**
-     * Precision of inference runs that do not name one (`uniter evaluate --int8`): 'int8' makes
-     * every inference graph of this runner quantized. Training graphs are always float32.
+     * What runs that do not say otherwise get (see RunnerDefaults).
      */
-    readonly defaults: { precision?: Precision } = {},
+    readonly defaults: RunnerDefaults = {},
   ) {}
 
   /** Check that every parameter a head needs is present with the right shape. */
@@ -51,7 +60,8 @@ export class UniterRunner {
 
   compiled(task: TaskName, opts: TaskOptions): { program: Program; taskGraph: TaskGraph } {
     if (opts.precision === undefined && this.defaults.precision && opts.inference && !opts.grads && !opts.training) opts = { ...opts, precision: this.defaults.precision };
-    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks, opts.reRankMargin ?? null, opts.precision ?? 'float32', opts.outputs ?? null, opts.fusedAttention ?? null]);
+    if (opts.checkpointActivations === undefined && this.defaults.checkpointActivations && opts.grads) opts = { ...opts, checkpointActivations: true };
+    const key = JSON.stringify([task, opts.training, opts.grads, !!opts.capture, opts.ot ?? null, opts.numAnswers ?? null, opts.sampleSize ?? null, !!opts.inference, !!opts.imgMasks, opts.reRankMargin ?? null, opts.precision ?? 'float32', opts.outputs ?? null, opts.fusedAttention ?? null, !!opts.checkpointActivations]);
     let hit = this.programs.get(key);
     if (!hit) {
       this.validate(headOf(task), opts);

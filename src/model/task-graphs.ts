@@ -101,6 +101,11 @@ export interface TaskOptions extends HeadOptions {
   fusedAttention?: boolean;
   /** Only these outputs (official names); default every output of the task. */
   outputs?: readonly string[];
+  /**
+   * Gradient graphs: recompute each encoder layer's forward in the backward pass instead of
+   * keeping its intermediates (activation checkpointing; config `checkpoint_activations`).
+   */
+  checkpointActivations?: boolean;
 }
 
 export function headOf(task: TaskName): HeadName {
@@ -136,7 +141,7 @@ export function buildTaskGraph(cfg: UniterConfig, task: TaskName, opts: TaskOpti
   const capture = opts.capture ? new Map<string, Tensor>() : undefined;
   // Inference graphs use ONNX Runtime's fused attention kernel (not when capturing intermediates).
   const fused = !!opts.inference && !opts.training && !opts.grads && !capture && opts.fusedAttention !== false;
-  const seq = uniterForward(P, cfg, inp, { training: opts.training, gradients: opts.grads, capture, fusedAttention: fused });
+  const seq = uniterForward(P, cfg, inp, { training: opts.training, gradients: opts.grads, capture, fusedAttention: fused, checkpointLayers: opts.checkpointActivations });
   const out: Record<string, Tensor> = { sequence_output: seq };
   let loss: Tensor | null = null;
   const infer = !!opts.inference;

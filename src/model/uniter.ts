@@ -41,6 +41,7 @@ import {
   relu,
   reshape,
   scalar,
+  segment,
   scatterAdd,
   sigmoid,
   slice,
@@ -158,6 +159,12 @@ export interface ForwardOptions {
    * SkipLayerNormalization. Ignored when training or differentiating.
    */
   fusedAttention?: boolean;
+  /**
+   * Activation checkpointing: each encoder layer's intermediates are recomputed in the backward
+   * pass from the layer's input instead of kept from the forward (see `checkpoint` in the
+   * engine). Only graphs that are differentiated are affected.
+   */
+  checkpointLayers?: boolean;
 }
 
 /** The key mask of a batch in both forms: additive [B, 1, 1, Lj] and attn_masks [B, Lj] itself. */
@@ -376,7 +383,8 @@ export function uniterForward(P: Params, cfg: UniterConfig, inp: UniterInputs, o
   opts.capture?.set('embedding_output', x);
   const mask: KeyMask = { additive: extendedMask(inp.attn_masks), keys: inp.attn_masks };
   for (let l = 0; l < cfg.num_hidden_layers; l++) {
-    x = encoderLayer(P, cfg, l, x, mask, opts);
+    // In gradient graphs each layer is a segment: its backward finishes its weight gradients before moving on (and recomputes its forward when checkpointing).
+    x = opts.gradients ? segment(x, (h) => encoderLayer(P, cfg, l, h, mask, opts), { recompute: !!opts.checkpointLayers }) : encoderLayer(P, cfg, l, x, mask, opts);
     opts.capture?.set(`encoder_layer_${l}`, x);
   }
   return x;

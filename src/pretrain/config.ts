@@ -6,7 +6,8 @@
  * Differences from the official files: the model is `model: {preset}` or `model: {config}`
  * (a path or inline fields; the official `model_config` path is accepted too); relative paths
  * are resolved against the config file's directory; a few fields of this port are added
- * (`save_steps`, `keep_checkpoints`, `log_steps`, `lr_schedule`, `joint_masking`, `lr_multipliers`). Official
+ * (`save_steps`, `keep_checkpoints`, `log_steps`, `lr_schedule`, `joint_masking`, `lr_multipliers`,
+ * `checkpoint_activations`). Official
  * fields that have no meaning here (`fp16`, `n_workers`, `pin_mem`, `compressed_db`) are
  * accepted and ignored; `optim` must be 'adamw'.
  */
@@ -76,6 +77,8 @@ export interface PretrainConfig {
   joint_masking: boolean;
   /** Learning-rate multiplier per parameter-name substring, e.g. {"img_linear": 0.1}; first match wins. */
   lr_multipliers: Record<string, number>;
+  /** Recompute each encoder layer in the backward pass instead of keeping its activations (less memory, ~1/3 more compute). */
+  checkpoint_activations: boolean;
 }
 
 /** Defaults of every optional field (official in-domain base values where one exists). */
@@ -107,6 +110,7 @@ export const PRETRAIN_DEFAULTS = {
   itm_ot_lambda: 0.1,
   joint_masking: false,
   lr_multipliers: {},
+  checkpoint_activations: false,
 } as const satisfies Partial<Record<keyof PretrainConfig, unknown>>;
 
 /** Official fields that this port accepts and ignores. */
@@ -215,6 +219,7 @@ export function parsePretrainConfig(raw: unknown, options: ParseOptions = {}): P
     itm_ot_lambda: v.number(obj, 'itm_ot_lambda', 0, Infinity) ?? 0,
     joint_masking: v.bool(obj, 'joint_masking') ?? false,
     lr_multipliers: lrMultipliers(v, obj.lr_multipliers),
+    checkpoint_activations: v.bool(obj, 'checkpoint_activations') ?? false,
   };
   if (v.issues.length) throw new ConfigError(source, v.issues);
   return config;

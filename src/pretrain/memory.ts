@@ -1,18 +1,22 @@
 /**
- * Will a pre-training run fit in memory? An estimate of a run's peak resident memory from its
+ * Will a training run fit in memory? An estimate of a run's peak resident memory from its
  * configuration, what this process can get, and the refusal when the first exceeds the second:
  * before anything is allocated or written, instead of a V8 abort or "Array buffer allocation
- * failed" minutes into the run (issue 15, case 5).
+ * failed" minutes into the run (issue 15, case 5). Pre-training and fine-tuning share it.
  *
  * The estimate (bytes):
- *   weights      4 P             P = the trainer's parameter count (ties stored once)
+ *   weights      4 P             P = the trained parameter count (ties stored once)
  *   Adam moments 8 P
  *   gradients    4 P             (8 P with gradient accumulation: the sum and the next micro-batch's)
- *   activations  what the training graph keeps for the backward pass of the largest micro-batch:
- *                4 T (ACT_FACTOR layers (10 H + 2 I + 2 heads L) + HEAD_FACTOR (2 img_dim + 0.15 vocab))
- *                for T joint tokens (padding included) of sequences up to L (the region features
- *                and the MLM logits over the vocabulary); or the validation batch's forward,
- *                whichever is larger
+ *   activations  what the training graph keeps for the backward pass of the largest micro-batch
+ *                of T joint tokens (padding included) in sequences up to L:
+ *                  masks   T layers (2 H + heads L)          dropout keep-masks, one byte each
+ *                  layers  4 T ACT_FACTOR layers (10 H + 2 I + 2 heads L)
+ *                          with checkpoint_activations: 4 T (layers H + RECOMPUTED ACT_FACTOR (10 H + 2 I + 2 heads L)),
+ *                          each layer's input kept, and the intermediates of the layer being
+ *                          recomputed with its backward pass's temporaries
+ *                  heads   4 T HEAD_FACTOR (2 img_dim + 0.15 vocab)   region features; MLM logits
+ *                or the validation batch's forward, whichever is larger
  *   runtime      Node, ONNX Runtime, the compiled graphs and the data readers: RUNTIME_BYTES
  * The factors are calibrated against the measured peak RSS of tiny to mid-size runs of `uniter
  * pretrain` on the 2-core machine (bench/memory-calibration.ts; the table is in
@@ -22,7 +26,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as v8 from 'node:v8';
 import type { UniterConfig } from '../model/config.js';
-import { allSpecs, TIES } from '../model/params.js';
+import { allSpecs, TIES, type HeadName, type HeadOptions } from '../model/params.js';
 import type { PretrainTask } from '../model/task-graphs.js';
 
 /** Peak RSS of the calibration runs lies within this fraction of the estimate (either side). */
@@ -34,11 +38,35 @@ export const MEMORY_ESTIMATE_MARGIN = 0.2;
  * graphs + readers.
  */
 const ACT_FACTOR = 3;
+/** Layers' worth of activations alive at once with checkpointing (one recomputed layer and its backward's temporaries). */
+const RECOMPUTED = 2.1;
 const HEAD_FACTOR = 2.2;
 const VAL_FACTOR = 0.5;
 const RUNTIME_BYTES = 200 * 2 ** 20;
 const F32 = 4;
 
+/** What the estimate needs to know of a training run. */
+export interface TrainingMemoryInput {
+  /** 'pre-training' or 'fine-tuning', for messages. */
+  run: string;
+  model: UniterConfig;
+  /** Trained parameters (ties stored once). */
+  parameters: number;
+  /** Joint tokens (rows x padded length) of the largest training micro-batch. */
+  trainTokens: number;
+  /** Joint tokens of the largest validation batch. */
+  valTokens: number;
+  /** Longest joint sequence (text + [CLS]/[SEP] + regions). */
+  seqLen: number;
+  accumulation: number;
+  /** The step scores masked tokens over the vocabulary (MLM). */
+  vocabularyHead: boolean;
+  checkpointActivations: boolean;
+  /** The config's batch fields as written, for messages (e.g. 'train_batch_size 4096, val_batch_size 4096'). */
+  batchFields: string;
+}
+
+/** A pre-training run, as the trainer describes it. */
 export interface MemoryEstimateInput {
   model: UniterConfig;
   tasks: readonly PretrainTask[];
@@ -48,6 +76,7 @@ export interface MemoryEstimateInput {
   accumulation: number;
   /** Longest joint sequence (text + [CLS]/[SEP] + regions) the data holds. */
   maxSeqLen: number;
+  checkpointActivations?: boolean;
 }
 
 export interface MemoryEstimate {
@@ -58,25 +87,51 @@ export interface MemoryEstimate {
   bytes: { weights: number; adam: number; gradients: number; activations: number; runtime: number; total: number };
 }
 
-export function parameterCount(cfg: UniterConfig): number {
+/** Parameters of `head` (tied aliases counted once). */
+export function parameterCount(cfg: UniterConfig, head: HeadName = 'pretrain', headOpts: HeadOptions = {}): number {
   let n = 0;
-  for (const s of allSpecs(cfg, 'pretrain')) if (!TIES[s.name]) n += s.shape.reduce((a, b) => a * b, 1);
+  for (const s of allSpecs(cfg, head, headOpts)) if (!TIES[s.name]) n += s.shape.reduce((a, b) => a * b, 1);
   return n;
 }
 
-export function estimatePretrainMemory(input: MemoryEstimateInput): MemoryEstimate {
-  const c = input.model;
-  const P = parameterCount(c);
+/** The general input of a pre-training run. */
+export function pretrainMemoryInput(input: MemoryEstimateInput): TrainingMemoryInput {
   const L = Math.max(1, input.maxSeqLen);
-  // The sampler packs sequences up to the token budget; one longer sequence is a batch by itself.
-  const T = Math.max(input.trainBatchTokens, L);
+  return {
+    run: 'pre-training',
+    model: input.model,
+    parameters: parameterCount(input.model),
+    // The sampler packs sequences up to the token budget; one longer sequence is a batch by itself.
+    trainTokens: Math.max(input.trainBatchTokens, L),
+    valTokens: Math.max(input.valBatchTokens, L),
+    seqLen: L,
+    accumulation: input.accumulation,
+    vocabularyHead: input.tasks.includes('mlm'),
+    checkpointActivations: input.checkpointActivations ?? false,
+    batchFields: `train_batch_size ${input.trainBatchTokens}, val_batch_size ${input.valBatchTokens}`,
+  };
+}
+
+export function estimatePretrainMemory(input: MemoryEstimateInput): MemoryEstimate {
+  return estimateTrainingMemory(pretrainMemoryInput(input));
+}
+
+export function estimateTrainingMemory(input: TrainingMemoryInput): MemoryEstimate {
+  const c = input.model;
+  const P = input.parameters;
+  const L = Math.max(1, input.seqLen);
+  const T = Math.max(input.trainTokens, L);
   const H = c.hidden_size;
+  const layers = c.num_hidden_layers;
   const perTokenLayer = 10 * H + 2 * c.intermediate_size + 2 * c.num_attention_heads * L;
   // Region features enter as [T, img_dim] (and their gradient path); MLM scores its masked tokens over the vocabulary.
-  const perTokenHeads = 2 * c.img_dim + (input.tasks.includes('mlm') ? 0.15 * c.vocab_size : 0);
-  const train = F32 * T * (ACT_FACTOR * c.num_hidden_layers * perTokenLayer + HEAD_FACTOR * perTokenHeads);
+  const perTokenHeads = 2 * c.img_dim + (input.vocabularyHead ? 0.15 * c.vocab_size : 0);
+  // Dropout keep-masks are graph inputs, alive for the whole step: two [T, H] and one [T, heads L] per layer, a byte each.
+  const masks = c.hidden_dropout_prob > 0 || c.attention_probs_dropout_prob > 0 ? T * layers * (2 * H + c.num_attention_heads * L) : 0;
+  const layerActivations = input.checkpointActivations ? F32 * T * (layers * H + RECOMPUTED * ACT_FACTOR * perTokenLayer) : F32 * T * ACT_FACTOR * layers * perTokenLayer;
+  const train = masks + layerActivations + F32 * T * HEAD_FACTOR * perTokenHeads;
   // Validation runs forward only: about one layer's tensors live at a time.
-  const Tv = Math.max(input.valBatchTokens, L);
+  const Tv = Math.max(input.valTokens, L);
   const val = VAL_FACTOR * F32 * Tv * (perTokenLayer + c.img_dim + 0.15 * c.vocab_size);
   const weights = F32 * P;
   const adam = 2 * F32 * P;
@@ -158,12 +213,12 @@ export class MemoryLimitError extends Error {
 }
 
 /** The estimate, as one line of numbers. */
-export function describeEstimate(e: MemoryEstimate, input: MemoryEstimateInput): string {
+export function describeEstimate(e: MemoryEstimate, input: TrainingMemoryInput): string {
   const c = input.model;
   const b = e.bytes;
   return (
     `hidden ${c.hidden_size}, ${c.num_hidden_layers} layers, intermediate ${c.intermediate_size}, ${c.num_attention_heads} heads: ${(e.parameters / 1e6).toFixed(1)}M parameters; ` +
-    `largest micro-batch ${e.tokens} joint tokens (train_batch_size ${input.trainBatchTokens}, sequences up to ${e.seqLen}), val_batch_size ${input.valBatchTokens}, gradient_accumulation_steps ${input.accumulation}. ` +
+    `largest micro-batch ${e.tokens} joint tokens (${input.batchFields}, sequences up to ${e.seqLen}), gradient_accumulation_steps ${input.accumulation}, checkpoint_activations ${input.checkpointActivations}. ` +
     `Estimated peak ${fmtBytes(b.total)} = weights ${fmtBytes(b.weights)} + Adam moments ${fmtBytes(b.adam)} + gradients ${fmtBytes(b.gradients)} + activations ${fmtBytes(b.activations)} + runtime ${fmtBytes(b.runtime)} (within ±${MEMORY_ESTIMATE_MARGIN * 100}% of measured runs)`
   );
 }
@@ -174,22 +229,27 @@ export function describeEstimate(e: MemoryEstimate, input: MemoryEstimateInput):
  * for JS objects (parameters, moments and batches are typed arrays outside its heap); a heap
  * already near it is refused too.
  */
-export function checkPretrainMemory(input: MemoryEstimateInput, available: AvailableMemory | null = availableMemory()): { estimate: MemoryEstimate; available: AvailableMemory | null } {
-  const estimate = estimatePretrainMemory(input);
+export function checkTrainingMemory(input: TrainingMemoryInput, available: AvailableMemory | null = availableMemory()): { estimate: MemoryEstimate; available: AvailableMemory | null } {
+  const estimate = estimateTrainingMemory(input);
   if (!available) return { estimate, available };
   if (estimate.bytes.total > available.bytes) {
     throw new MemoryLimitError(
-      `this pre-training run does not fit in memory: ${describeEstimate(estimate, input)}; ` +
+      `this ${input.run} run does not fit in memory: ${describeEstimate(estimate, input)}; ` +
         `this process can get ${fmtBytes(available.bytes)} (${available.source}). ` +
-        `Lower train_batch_size / val_batch_size, or use a smaller model; ` +
+        `Lower train_batch_size / val_batch_size, set checkpoint_activations${input.checkpointActivations ? ' (already on)' : ''}, or use a smaller model; ` +
         `UNITER_MEMORY_LIMIT=SIZE sets the memory the check assumes (UNITER_MEMORY_LIMIT=off skips it)`,
     );
   }
   const heap = v8.getHeapStatistics();
   if (heap.used_heap_size > 0.9 * heap.heap_size_limit) {
-    throw new MemoryLimitError(`V8's heap is nearly full before pre-training starts (${fmtBytes(heap.used_heap_size)} of its ${fmtBytes(heap.heap_size_limit)} limit); raise it with node --max-old-space-size or use less data in memory`);
+    throw new MemoryLimitError(`V8's heap is nearly full before ${input.run} starts (${fmtBytes(heap.used_heap_size)} of its ${fmtBytes(heap.heap_size_limit)} limit); raise it with node --max-old-space-size or use less data in memory`);
   }
   return { estimate, available };
+}
+
+/** What a run may use: a byte count (the library's memoryLimit option), 'off', or (default) what the process can get. */
+export function memoryLimitFrom(limit: number | 'off' | undefined): AvailableMemory | null {
+  return limit === 'off' ? null : typeof limit === 'number' ? { bytes: limit, source: `the memoryLimit option, ${fmtBytes(limit)}`, limits: [] } : availableMemory();
 }
 
 /** Longest joint sequence in the data: the longest kept text (at most maxTxtLen) + [CLS]/[SEP] + the most regions of any image. */

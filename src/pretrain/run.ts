@@ -38,6 +38,7 @@ export function settingsFromConfig(c: PretrainConfig): TrainSettings {
     otLambda: c.itm_ot_lambda,
     jointMasking: c.joint_masking,
     lrMultipliers: c.lr_multipliers,
+    checkpointActivations: c.checkpoint_activations,
   };
 }
 

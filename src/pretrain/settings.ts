@@ -28,4 +28,11 @@ export interface TrainLoopSettings {
   seed: number;
   /** Training examples with more wordpieces are dropped (official 60, VCR 220). */
   maxTxtLen: number;
+  /**
+   * Recompute each encoder layer's forward in the backward pass instead of keeping its
+   * activations (config `checkpoint_activations`, default off): much less memory per token for
+   * about one more forward pass per step. Same losses and gradients (within float rounding), so
+   * it may change between a run and its resume.
+   */
+  checkpointActivations?: boolean;
 }

@@ -25,7 +25,7 @@ import { JsonlLogger, ProgressDisplay } from './progress.js';
 import { RUN_FILE, checkIdentity, claimRunFolder } from './run-folder.js';
 import { evaluateTask, TaskMetrics } from './validate.js';
 import type { TrainLoopSettings } from './settings.js';
-import { availableMemory, checkPretrainMemory, describeEstimate, fmtBytes, isOutOfMemory, longestSequence, MemoryLimitError } from './memory.js';
+import { checkTrainingMemory, describeEstimate, fmtBytes, isOutOfMemory, longestSequence, memoryLimitFrom, MemoryLimitError, pretrainMemoryInput } from './memory.js';
 
 export interface PretrainSource {
   name: string;
@@ -156,18 +156,16 @@ export function otOptions(s: TrainSettings): OtOptions | null {
  */
 export function checkRunMemory(opts: Pick<PretrainOptions, 'modelConfig' | 'settings' | 'train' | 'val' | 'memoryLimit'>) {
   const { modelConfig: cfg, settings: s } = opts;
-  const input = {
+  const input = pretrainMemoryInput({
     model: cfg,
     tasks: [...new Set(opts.train.flatMap((d) => d.tasks))],
     trainBatchTokens: s.trainBatchTokens,
     valBatchTokens: s.valBatchTokens,
     accumulation: s.accumulation,
     maxSeqLen: longestSequence([...opts.train, ...opts.val], s.maxTxtLen),
-  };
-  const limit = opts.memoryLimit;
-  const available =
-    limit === 'off' ? null : typeof limit === 'number' ? { bytes: limit, source: `the memoryLimit option, ${fmtBytes(limit)}`, limits: [] } : availableMemory();
-  return { ...checkPretrainMemory(input, available), input };
+    checkpointActivations: s.checkpointActivations,
+  });
+  return { ...checkTrainingMemory(input, memoryLimitFrom(opts.memoryLimit)), input };
 }
 
 /**
@@ -204,7 +202,7 @@ async function runPretrain(opts: PretrainOptions, at: { step: number }): Promise
   const specs = allSpecs(cfg, 'pretrain').filter((p) => !TIES[p.name]);
   const params = initParams(specs, cfg.initializer_range, s.seed);
   if (opts.initial) for (const [k, v] of opts.initial) if (params.has(k)) params.set(k, v);
-  const runner = new UniterRunner(cfg, params, opts.threads);
+  const runner = new UniterRunner(cfg, params, opts.threads, { checkpointActivations: s.checkpointActivations });
   const values = new Map<string, Float32Array>();
   const shapes = new Map<string, number[]>();
   for (const [k, v] of params) {

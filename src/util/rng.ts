@@ -123,7 +123,7 @@ export class Rng {
    * `nextU32() < threshold ? scale : 0` per element, with the state held in locals (a dropout
    * mask has millions of elements; this is about twice as fast as calling nextU32 for each).
    */
-  fillThreshold(out: Float32Array, threshold: number, scale: number): void {
+  fillThreshold(out: Float32Array | Uint8Array, threshold: number, scale: number): void {
     let s0 = this.s0;
     let s1 = this.s1;
     let s2 = this.s2;

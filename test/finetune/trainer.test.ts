@@ -231,6 +231,8 @@ test('bad configs, vocabularies and checkpoints are reported clearly', async () 
   assert.throws(() => parseFinetuneConfig({ model: 'pairs' }, getTask('nlvr2'), where), /field 'model' must be one of paired, paired-attn, triplet/);
   assert.throws(() => parseFinetuneConfig({ num_train_steps: 2.5, optim: 'sgd' }, getTask('ve'), where), (e: Error) => /'num_train_steps' must be an integer/.test(e.message) && /'optim' must be 'adamw'/.test(e.message));
   assert.throws(() => parseFinetuneConfig({ train_txt_db: 'x.db' }, getTask('ve'), where), /needs both 'train_txt_db\(s\)' and 'train_img_db\(s\)'/);
+  assert.throws(() => parseFinetuneConfig({ checkpoint_activations: 'yes' }, getTask('vqa'), where), /field 'checkpoint_activations' must be true or false, got "yes"/);
+  assert.equal(parseFinetuneConfig({ checkpoint_activations: true }, getTask('vqa'), where).settings.checkpointActivations, true);
   const ok = parseFinetuneConfig({ num_train_steps: 50 }, getTask('vqa'), where);
   assert.equal(ok.settings.steps, 50);
   assert.equal(ok.settings.warmupSteps, 5);

@@ -71,6 +71,7 @@ describe('pretraining config', () => {
     assert.equal(c.grad_norm, 5);
     assert.equal(c.save_steps, c.valid_steps, 'checkpoints follow validation by default, as the official loop');
     assert.equal(c.joint_masking, false);
+    assert.equal(c.checkpoint_activations, false);
     assert.equal(c.checkpoint, null);
     assert.deepEqual(trainTaskNames(c), ['itm_coco', 'mlm_coco', 'mrfr_coco', 'mrckl_coco', 'itm_vg', 'mlm_vg', 'mrfr_vg']);
   });
@@ -125,6 +126,7 @@ describe('pretraining config', () => {
     ['sequence too long', (c) => (c.max_txt_len = 420), /field 'max_bb': max_bb \+ max_txt_len \+ 2 = 522 exceeds the 512-token sequence limit/],
     ['min_bb above max_bb', (c) => (c.min_bb = 200), /field 'min_bb': must be <= max_bb \(100\), got 200/],
     ['joint_masking not boolean', (c) => (c.joint_masking = 'yes'), /field 'joint_masking': expected true or false, got "yes"/],
+    ['checkpoint_activations not boolean', (c) => (c.checkpoint_activations = 1), /field 'checkpoint_activations': expected true or false, got 1/],
     ['other optimizer', (c) => (c.optim = 'adamax'), /field 'optim': only 'adamw' is implemented/],
     ['lr_multipliers not an object', (c) => (c.lr_multipliers = [0.1]), /field 'lr_multipliers': expected an object \{"name substring": multiplier\}, got \[0\.1\]/],
     ['negative lr multiplier', (c) => (c.lr_multipliers = { img_linear: -1 }), /field 'lr_multipliers\.img_linear': expected a non-empty name substring with a finite multiplier >= 0, got -1/],
