@@ -9,7 +9,10 @@
  * script can be stopped and run again.
  *
  *   node dist/bench/pretrain-finetune.js --pretrained runs/pretrain-default --out runs/pretrain-finetune \
- *     [--tasks vqa,ve,...] [--results bench/results/pretrain-finetune] [--only fresh]
+ *     [--tasks vqa,ve,...] [--seeds default,1,2] [--results bench/results/pretrain-finetune] [--only fresh]
+ *
+ * `--seeds`: fine-tuning seeds per cell ('default' = the task's default seed); the table gives
+ * mean ± sample standard deviation over them.
  *
  * `--only fresh` runs the fresh lane alone (it needs no pre-trained model, so it can run while
  * pre-training does); a later run without it reuses those cells.
@@ -38,6 +41,7 @@ const METRICS: Record<string, string[]> = {
 interface Cell {
   task: string;
   start: 'pretrained' | 'fresh';
+  seed: number | null;
   steps: number;
   seconds: number;
   test: Record<string, number>;
@@ -51,16 +55,19 @@ async function uniter(args: string[]): Promise<Record<string, unknown>> {
   return JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, unknown>;
 }
 
-async function cell(task: string, start: Cell['start'], pretrained: string, outRoot: string): Promise<Cell> {
-  const dir = path.join(outRoot, `${task}-${start}`);
+async function cell(task: string, start: Cell['start'], seed: number | null, pretrained: string, outRoot: string): Promise<Cell> {
+  const dir = path.join(outRoot, `${task}-${start}${seed === null ? '' : `-s${seed}`}`);
   const record = `${dir}.json`;
-  if (fs.existsSync(record)) return JSON.parse(fs.readFileSync(record, 'utf8')) as Cell;
+  if (fs.existsSync(record)) {
+    const c = JSON.parse(fs.readFileSync(record, 'utf8')) as Cell;
+    return { ...c, seed: c.seed ?? null };
+  }
   const t0 = Date.now();
-  const ft = await uniter(['finetune', task, '--checkpoint', start === 'fresh' ? 'none' : pretrained, '--out', dir]);
+  const ft = await uniter(['finetune', task, '--checkpoint', start === 'fresh' ? 'none' : pretrained, '--out', dir, ...(seed === null ? [] : ['--seed', String(seed)])]);
   const seconds = (Date.now() - t0) / 1000;
   const ev = await uniter(['evaluate', task, '--checkpoint', dir, '--split', 'test', '--out', path.join(dir, 'eval-test')]);
   const metrics = (ev.metrics as Record<string, Record<string, number>>).test ?? {};
-  const c: Cell = { task, start, steps: ft.steps as number, seconds, test: metrics };
+  const c: Cell = { task, start, seed, steps: ft.steps as number, seconds, test: metrics };
   writeFileAtomic(record, JSON.stringify(c, null, 1) + '\n');
   return c;
 }
@@ -104,7 +111,7 @@ export function chanceOf(task: string, world: World): Record<string, number> {
 }
 
 async function main(): Promise<void> {
-  const { values } = parseArgs({ options: { pretrained: { type: 'string' }, out: { type: 'string' }, tasks: { type: 'string' }, results: { type: 'string' }, only: { type: 'string' } } });
+  const { values } = parseArgs({ options: { pretrained: { type: 'string' }, out: { type: 'string' }, tasks: { type: 'string' }, results: { type: 'string' }, only: { type: 'string' }, seeds: { type: 'string' } } });
   if (values.only !== undefined && values.only !== 'fresh') throw new Error(`--only: expected 'fresh', got '${values.only}'`);
   if (!values.pretrained || !values.out) throw new Error('usage: pretrain-finetune --pretrained RUN_DIR --out DIR [--tasks a,b] [--results DIR]');
   const pretrained = path.resolve(values.pretrained);
@@ -112,13 +119,20 @@ async function main(): Promise<void> {
   fs.mkdirSync(outRoot, { recursive: true });
   const tasks = values.tasks ? values.tasks.split(',') : [...taskRegistry().keys()];
   for (const t of tasks) if (!METRICS[t]) throw new Error(`--tasks: unknown task '${t}' (expected ${Object.keys(METRICS).join(', ')})`);
+  const seeds = (values.seeds ?? 'default').split(',').map((x) => {
+    if (x === 'default') return null;
+    if (!/^\d+$/.test(x)) throw new Error(`--seeds: expected 'default' or integers, got '${x}'`);
+    return Number(x);
+  });
   const say = (m: string) => process.stderr.write(`[${new Date().toISOString().slice(11, 19)}] ${m}\n`);
   const lane = async (start: Cell['start']): Promise<Cell[]> => {
     const out: Cell[] = [];
     for (const t of tasks) {
-      const c = await cell(t, start, pretrained, outRoot);
-      say(`${t} ${start}: ${JSON.stringify(c.test)} (${c.steps} steps, ${c.seconds.toFixed(0)} s)`);
-      out.push(c);
+      for (const seed of seeds) {
+        const c = await cell(t, start, seed, pretrained, outRoot);
+        say(`${t} ${start} seed ${seed ?? 'default'}: ${JSON.stringify(c.test)} (${c.steps} steps, ${c.seconds.toFixed(0)} s)`);
+        out.push(c);
+      }
     }
     return out;
   };
@@ -130,23 +144,32 @@ async function main(): Promise<void> {
   const world = generateWorld({ ...choice.world, cacheSize: 0 });
   say(`data: ${why}`);
   const [pre, fresh] = await Promise.all([lane('pretrained'), lane('fresh')]);
+  say(`seeds: ${seeds.map((x) => x ?? 'default').join(', ')} (mean ± sample std where more than one)`);
   const pct = (x: number | undefined) => (x === undefined ? 'n/a' : (100 * x).toFixed(1));
+  const stats = (cells: Cell[], task: string, m: string): { mean: number; std: number; n: number } | undefined => {
+    const xs = cells.filter((c) => c.task === task && c.test[m] !== undefined).map((c) => c.test[m]);
+    if (xs.length === 0) return undefined;
+    const mean = xs.reduce((a, x) => a + x, 0) / xs.length;
+    const std = xs.length > 1 ? Math.sqrt(xs.reduce((a, x) => a + (x - mean) ** 2, 0) / (xs.length - 1)) : 0;
+    return { mean, std, n: xs.length };
+  };
+  const show = (x: ReturnType<typeof stats>) => (x === undefined ? 'n/a' : x.n > 1 ? `${pct(x.mean)} ± ${pct(x.std)}` : pct(x.mean));
   const lines = [
-    '| task | metric (test split) | chance | fresh init | pre-trained | pre-trained beats both |',
+    `| task | metric (test split) | chance | fresh init | pre-trained | pre-trained beats both |`,
     '|---|---|---:|---:|---:|---|',
   ];
   const rows: Array<Record<string, unknown>> = [];
-  tasks.forEach((t, i) => {
+  for (const t of tasks) {
     const chance = chanceOf(t, world);
     for (const m of METRICS[t]) {
-      const p = pre[i].test[m];
-      const f = fresh[i].test[m];
+      const p = stats(pre, t, m);
+      const f = stats(fresh, t, m);
       const c = chance[m];
-      const beats = p !== undefined && f !== undefined && p > f && (c === undefined || p > c);
-      lines.push(`| ${t} | ${m} | ${pct(c)} | ${pct(f)} | ${pct(p)} | ${p === undefined ? 'n/a' : beats ? 'yes' : '**no**'} |`);
+      const beats = p !== undefined && f !== undefined && p.mean > f.mean && (c === undefined || p.mean > c);
+      lines.push(`| ${t} | ${m} | ${pct(c)} | ${show(f)} | ${show(p)} | ${p === undefined ? 'n/a' : beats ? 'yes' : '**no**'} |`);
       rows.push({ task: t, metric: m, chance: c ?? null, fresh: f ?? null, pretrained: p ?? null, beats });
     }
-  });
+  }
   const table = lines.join('\n');
   process.stdout.write(table + '\n');
   if (values.results) {
