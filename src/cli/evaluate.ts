@@ -5,7 +5,6 @@
  * run directory (its best/ is used) or a checkpoint step directory. Without --data or --config,
  * the data and task options the fine-tuning run recorded are used, and the command says so.
  */
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { setDefaultThreads } from '../engine/runtime.js';
 import type { HostTensor } from '../engine/host.js';
@@ -16,7 +15,6 @@ import { defaultSettings, loadFinetuneConfig } from '../finetune/defaults.js';
 import { defaultWorldChoice, openTaskData, taskRegistry, type DataChoice, type EvalSplit, type TaskOptionValues } from '../finetune/task-registry.js';
 import { configNextToWeights, recordedRun, resolveWeightsPath, type Evaluation } from '../finetune/trainer.js';
 import { writeFileAtomic } from '../util/atomic.js';
-import { readJsonObject } from '../util/json.js';
 import { JobProgress, UsageError, formatMetrics, guard, intFlag, parseArgs, printJsonLine, sayer } from './common.js';
 import { cliTask, type DataSource } from './finetune.js';
 import type { Command } from './main.js';
