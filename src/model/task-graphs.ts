@@ -36,6 +36,7 @@ import {
 } from '../engine/index.js';
 import { HostTensor, bool, f32, i64, toNumbers } from '../engine/host.js';
 import type { Batch } from '../data/types.js';
+import { batchLengths } from '../data/collate.js';
 import type { UniterConfig } from './config.js';
 import { HeadName, HeadOptions, ParamSpec, allSpecs } from './params.js';
 import {
@@ -444,7 +445,7 @@ export function prepareFeeds(task: TaskName, batch: Batch, opts: { inference?: b
       feeds.set('obj_masks', obj);
       if (inf) break; // inference graphs find the regions from gather_index themselves
       const [B, N] = obj.shape;
-      const { txtLens } = rowLengths(batch);
+      const { txtLens } = batchLengths(batch);
       const Lj = need('attn_masks').shape[1];
       const pos: number[] = [];
       for (let b = 0; b < B; b++) for (let k = 0; k < N; k++) pos.push(Math.min(txtLens[b] + k, Lj - 1));
@@ -477,25 +478,6 @@ export function hardTargets(soft: HostTensor): HostTensor {
     out.push(best);
   }
   return i64([n], out);
-}
-
-/** Per-row text length (non-zero ids, [CLS]..[SEP]) and region count (attended slots minus text). */
-export function rowLengths(batch: Batch): { txtLens: number[]; numBbs: number[] } {
-  const ids = batch.get('input_ids')!;
-  const attn = batch.get('attn_masks')!;
-  const [B, Lt] = ids.shape;
-  const Lj = attn.shape[1];
-  const txtLens: number[] = [];
-  const numBbs: number[] = [];
-  for (let b = 0; b < B; b++) {
-    let tl = 0;
-    for (let j = 0; j < Lt; j++) if (Number(ids.data[b * Lt + j]) !== 0) tl = j + 1;
-    let total = 0;
-    for (let j = 0; j < Lj; j++) total += Number(attn.data[b * Lj + j]);
-    txtLens.push(tl);
-    numBbs.push(total - tl);
-  }
-  return { txtLens, numBbs };
 }
 
 export { bool, f32 };
